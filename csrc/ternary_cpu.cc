@@ -1,0 +1,466 @@
+// Packed ternary (2-bit) x int8 -> int32 matrix multiplication for CPUs, as an XLA FFI custom call.
+//
+// Weight layout "tile16" (see pallas_kernels/layout.py): output rows are grouped 16 at a time and
+// the reduction axis K is padded to Kp = ceil(K / 16) * 16. A full group is Kp / 16 blocks of 64
+// bytes, one block per 16 consecutive k: byte 4 * r + s of block b holds, in bits 2i+1:2i, the code
+// (w + 1) of row r of the group at k = 16 b + 4 i + s. The last group may hold fewer than 16 rows;
+// its blocks are then 4 * rows bytes long. One group is one sequential stream of bytes.
+//
+// With codes c = w + 1 in {0, 1, 2} (unsigned) and x signed, sum_k w x = sum_k c x - sum_k x, so the
+// u8 x s8 dot-product instructions (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw) accumulate the 16 rows of
+// a group in 16 int32 lanes directly, with no horizontal reduction. The result is exact.
+//
+// Three code paths live in one binary, each compiled with its own target attributes; the widest one
+// the running CPU supports is chosen at load time (overridable through set_isa for tests). Work is
+// split over XLA's intra-op thread pool (ffi::ThreadPool); the calling thread works too and can
+// finish all chunks alone, so a busy or absent pool never deadlocks.
+
+#include <Python.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define TERNARY_X86 1
+#include <immintrin.h>
+#else
+#define TERNARY_X86 0
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kGroup = 16;      // output rows per group
+constexpr int64_t kBlockK = 16;     // k values per block
+constexpr int64_t kBlockBytes = 64;  // bytes per block of a full group
+
+// Everything one call needs, shared (through a shared_ptr) by the caller and the pool's tasks.
+struct Problem {
+  const int8_t* x;       // padded activations [M, Kp]
+  const int32_t* xsum;   // per-row sums of x [M]
+  const uint8_t* w;      // packed weights
+  int32_t* out;          // [M, N]
+  int64_t m, n, kp;
+};
+
+using GroupsFn = void (*)(const Problem&, int64_t g_begin, int64_t g_end);
+
+// Load 4 bytes of x as one int32 (for a broadcast).
+inline int32_t load_quad(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Portable scalar path.
+// ---------------------------------------------------------------------------------------------
+
+void groups_scalar(const Problem& p, int64_t g_begin, int64_t g_end) {
+  const int64_t nblocks = p.kp / kBlockK;
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    const int64_t n0 = g * kGroup;
+    const int64_t rows = std::min(kGroup, p.n - n0);
+    const uint8_t* wg = p.w + n0 * (p.kp / 4);  // a group's stream starts at row n0's share
+    const int64_t block_bytes = 4 * rows;
+    for (int64_t m = 0; m < p.m; ++m) {
+      const int8_t* xm = p.x + m * p.kp;
+      for (int64_t r = 0; r < rows; ++r) {
+        int32_t acc = 0;
+        for (int64_t b = 0; b < nblocks; ++b) {
+          const uint8_t* blk = wg + b * block_bytes + 4 * r;
+          for (int s = 0; s < 4; ++s) {
+            for (int i = 0; i < 4; ++i) {
+              acc += static_cast<int32_t>((blk[s] >> (2 * i)) & 3) * xm[b * kBlockK + 4 * i + s];
+            }
+          }
+        }
+        p.out[m * p.n + n0 + r] = acc - p.xsum[m];
+      }
+    }
+  }
+}
+
+#if TERNARY_X86
+
+// Copies a partial last group (rows < 16) into a full-size zero-padded stream, so the SIMD tiles
+// can treat it like any other group (its extra rows are computed and never stored).
+std::vector<uint8_t> pad_partial_group(const Problem& p, int64_t g) {
+  const int64_t n0 = g * kGroup;
+  const int64_t rows = p.n - n0;
+  const int64_t nblocks = p.kp / kBlockK;
+  std::vector<uint8_t> buf(nblocks * kBlockBytes, 0);
+  const uint8_t* src = p.w + n0 * (p.kp / 4);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    std::memcpy(buf.data() + b * kBlockBytes, src + b * 4 * rows, 4 * rows);
+  }
+  return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 VNNI path: one zmm = one block of one group (16 rows x 4 k per unpacked plane).
+// ---------------------------------------------------------------------------------------------
+
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// RG groups (streams w[0..RG) with stride group_bytes) times MB rows of x starting at row m0.
+template <int RG, int MB>
+TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64_t group_bytes, int64_t n0,
+                               int64_t m0, int64_t valid_rows) {
+  const __m512i three = _mm512_set1_epi8(3);
+  __m512i acc[RG][MB];
+  for (int r = 0; r < RG; ++r)
+    for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_setzero_si512();
+  const int64_t nblocks = p.kp / kBlockK;
+  const int8_t* x0 = p.x + m0 * p.kp;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    __m512i u[RG][4];
+    for (int r = 0; r < RG; ++r) {
+      const __m512i v = _mm512_loadu_si512(wg + r * group_bytes + b * kBlockBytes);
+      u[r][0] = _mm512_and_si512(v, three);
+      u[r][1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), three);
+      u[r][2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), three);
+      u[r][3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), three);
+    }
+    for (int j = 0; j < MB; ++j) {
+      const int8_t* xb = x0 + j * p.kp + b * kBlockK;
+      for (int i = 0; i < 4; ++i) {
+        const __m512i xq = _mm512_set1_epi32(load_quad(xb + 4 * i));
+        for (int r = 0; r < RG; ++r) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], u[r][i], xq);
+      }
+    }
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << valid_rows) - 1u);
+  for (int j = 0; j < MB; ++j) {
+    const __m512i s = _mm512_set1_epi32(p.xsum[m0 + j]);
+    int32_t* o = p.out + (m0 + j) * p.n + n0;
+    for (int r = 0; r < RG; ++r) {
+      const __m512i res = _mm512_sub_epi32(acc[r][j], s);
+      if (valid_rows == kGroup) {
+        _mm512_storeu_si512(o + r * kGroup, res);
+      } else {
+        _mm512_mask_storeu_epi32(o + r * kGroup, mask, res);
+      }
+    }
+  }
+}
+
+// All rows of x for RG groups: large tiles of x rows first, then the remainder.
+template <int RG>
+TARGET_AVX512 void rows_avx512(const Problem& p, const uint8_t* wg, int64_t group_bytes, int64_t n0,
+                               int64_t valid_rows) {
+  int64_t m0 = 0;
+  for (; m0 + 8 <= p.m; m0 += 8) tile_avx512<RG, 8>(p, wg, group_bytes, n0, m0, valid_rows);
+  for (; m0 + 4 <= p.m; m0 += 4) tile_avx512<RG, 4>(p, wg, group_bytes, n0, m0, valid_rows);
+  for (; m0 + 2 <= p.m; m0 += 2) tile_avx512<RG, 2>(p, wg, group_bytes, n0, m0, valid_rows);
+  for (; m0 < p.m; ++m0) tile_avx512<RG, 1>(p, wg, group_bytes, n0, m0, valid_rows);
+}
+
+TARGET_AVX512 void groups_avx512(const Problem& p, int64_t g_begin, int64_t g_end) {
+  const int64_t group_bytes = kGroup * p.kp / 4;
+  const int64_t full_end = std::min(g_end, p.n / kGroup);
+  int64_t g = g_begin;
+  constexpr int kRG = 2;
+  for (; g + kRG <= full_end; g += kRG) {
+    rows_avx512<kRG>(p, p.w + g * group_bytes, group_bytes, g * kGroup, kGroup);
+  }
+  for (; g < full_end; ++g) rows_avx512<1>(p, p.w + g * group_bytes, group_bytes, g * kGroup, kGroup);
+  if (g < g_end) {  // the partial last group
+    const std::vector<uint8_t> buf = pad_partial_group(p, g);
+    rows_avx512<1>(p, buf.data(), group_bytes, g * kGroup, p.n - g * kGroup);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 path: one ymm = half a block (8 rows); vpmaddubsw + vpmaddwd instead of vpdpbusd.
+// Per block an int16 lane sums 8 products of magnitude <= 256, so it cannot saturate.
+// ---------------------------------------------------------------------------------------------
+
+#define TARGET_AVX2 __attribute__((target("avx2")))
+
+template <int MB>
+TARGET_AVX2 void tile_avx2(const Problem& p, const uint8_t* wg, int64_t n0, int64_t m0, int64_t valid_rows) {
+  const __m256i three = _mm256_set1_epi8(3);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[2][MB];
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < MB; ++j) acc[h][j] = _mm256_setzero_si256();
+  const int64_t nblocks = p.kp / kBlockK;
+  const int8_t* x0 = p.x + m0 * p.kp;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    __m256i u[2][4];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + b * kBlockBytes + 32 * h));
+      u[h][0] = _mm256_and_si256(v, three);
+      u[h][1] = _mm256_and_si256(_mm256_srli_epi16(v, 2), three);
+      u[h][2] = _mm256_and_si256(_mm256_srli_epi16(v, 4), three);
+      u[h][3] = _mm256_and_si256(_mm256_srli_epi16(v, 6), three);
+    }
+    for (int j = 0; j < MB; ++j) {
+      const int8_t* xb = x0 + j * p.kp + b * kBlockK;
+      __m256i xq[4];
+      for (int i = 0; i < 4; ++i) xq[i] = _mm256_set1_epi32(load_quad(xb + 4 * i));
+      for (int h = 0; h < 2; ++h) {
+        __m256i s16 = _mm256_maddubs_epi16(u[h][0], xq[0]);
+        for (int i = 1; i < 4; ++i) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u[h][i], xq[i]));
+        acc[h][j] = _mm256_add_epi32(acc[h][j], _mm256_madd_epi16(s16, ones));
+      }
+    }
+  }
+  for (int j = 0; j < MB; ++j) {
+    const __m256i s = _mm256_set1_epi32(p.xsum[m0 + j]);
+    int32_t* o = p.out + (m0 + j) * p.n + n0;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i res = _mm256_sub_epi32(acc[h][j], s);
+      if (valid_rows == kGroup) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * h), res);
+      } else {
+        alignas(32) int32_t tmp[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), res);
+        for (int64_t l = 0; l < 8; ++l) {
+          if (8 * h + l < valid_rows) o[8 * h + l] = tmp[l];
+        }
+      }
+    }
+  }
+}
+
+TARGET_AVX2 void rows_avx2(const Problem& p, const uint8_t* wg, int64_t n0, int64_t valid_rows) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= p.m; m0 += 4) tile_avx2<4>(p, wg, n0, m0, valid_rows);
+  for (; m0 + 2 <= p.m; m0 += 2) tile_avx2<2>(p, wg, n0, m0, valid_rows);
+  for (; m0 < p.m; ++m0) tile_avx2<1>(p, wg, n0, m0, valid_rows);
+}
+
+TARGET_AVX2 void groups_avx2(const Problem& p, int64_t g_begin, int64_t g_end) {
+  const int64_t group_bytes = kGroup * p.kp / 4;
+  const int64_t full_end = std::min(g_end, p.n / kGroup);
+  int64_t g = g_begin;
+  for (; g < full_end; ++g) rows_avx2(p, p.w + g * group_bytes, g * kGroup, kGroup);
+  if (g < g_end) {
+    const std::vector<uint8_t> buf = pad_partial_group(p, g);
+    rows_avx2(p, buf.data(), g * kGroup, p.n - g * kGroup);
+  }
+}
+
+#endif  // TERNARY_X86
+
+// ---------------------------------------------------------------------------------------------
+// Run-time dispatch.
+// ---------------------------------------------------------------------------------------------
+
+struct Isa {
+  const char* name;
+  GroupsFn fn;
+  bool (*supported)();
+};
+
+bool always() { return true; }
+#if TERNARY_X86
+bool has_avx512vnni() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+#endif
+
+// Widest first.
+const Isa kIsas[] = {
+#if TERNARY_X86
+    {"avx512vnni", groups_avx512, has_avx512vnni},
+    {"avx2", groups_avx2, has_avx2},
+#endif
+    {"scalar", groups_scalar, always},
+};
+
+std::atomic<const Isa*> g_isa{nullptr};
+
+const Isa* best_isa() {
+  for (const Isa& isa : kIsas) {
+    if (isa.supported()) return &isa;
+  }
+  return &kIsas[sizeof(kIsas) / sizeof(kIsas[0]) - 1];
+}
+
+const Isa* current_isa() {
+  const Isa* isa = g_isa.load(std::memory_order_acquire);
+  if (isa == nullptr) {
+    isa = best_isa();
+    g_isa.store(isa, std::memory_order_release);
+  }
+  return isa;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parallel driver: contiguous chunks of groups claimed through an atomic counter.
+// ---------------------------------------------------------------------------------------------
+
+struct Job {
+  Problem problem;
+  GroupsFn fn;
+  int64_t groups_per_chunk, num_groups, num_chunks;
+  std::vector<int8_t> x_storage;
+  std::vector<int32_t> xsum_storage;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  void work() {
+    for (;;) {
+      const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= num_chunks) return;
+      const int64_t g0 = c * groups_per_chunk;
+      fn(problem, g0, std::min(num_groups, g0 + groups_per_chunk));
+      done.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+};
+
+int64_t env_threads() {
+  const char* s = std::getenv("BITNET_JAX_CPU_THREADS");
+  return s ? std::max<int64_t>(0, std::atoll(s)) : 0;
+}
+
+ffi::Error TernaryMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::U8> w,
+                             ffi::ResultBuffer<ffi::S32> out) {
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2) {
+    return ffi::Error::InvalidArgument("bitnet_ternary_matmul_cpu: x and packed weights must be 2-D");
+  }
+  const int64_t m = xd[0], k = xd[1], n = wd[0];
+  const int64_t kp = (k + kBlockK - 1) / kBlockK * kBlockK;
+  if (wd[1] != kp / 4) {
+    return ffi::Error::InvalidArgument(
+        "bitnet_ternary_matmul_cpu: packed weights have " + std::to_string(wd[1]) +
+        " bytes per row, expected ceil(K/16)*4 = " + std::to_string(kp / 4) + " for K=" + std::to_string(k));
+  }
+  if (m == 0 || n == 0) return ffi::Error::Success();
+  int32_t* o = out->typed_data();
+  if (k == 0) {
+    std::fill(o, o + m * n, 0);
+    return ffi::Error::Success();
+  }
+
+  auto job = std::make_shared<Job>();
+  // Zero-padded copy of x (so every block reads 16 valid bytes) and the per-row sums.
+  job->x_storage.assign(static_cast<size_t>(m * kp), 0);
+  job->xsum_storage.resize(static_cast<size_t>(m));
+  const int8_t* xs = x.typed_data();
+  for (int64_t i = 0; i < m; ++i) {
+    std::memcpy(job->x_storage.data() + i * kp, xs + i * k, static_cast<size_t>(k));
+    int32_t s = 0;
+    for (int64_t j = 0; j < k; ++j) s += xs[i * k + j];
+    job->xsum_storage[i] = s;
+  }
+  job->problem = Problem{job->x_storage.data(), job->xsum_storage.data(), w.typed_data(), o, m, n, kp};
+  job->fn = current_isa()->fn;
+  job->num_groups = (n + kGroup - 1) / kGroup;
+
+  int64_t threads = env_threads();
+  if (threads == 0) threads = std::max<int64_t>(1, pool.num_threads());
+  // Chunks: a few per thread for balance under contention, but at least ~64 KiB of weights each
+  // so scheduling stays cheap; an even number of groups keeps the 2-group tiles whole.
+  const int64_t group_bytes = kGroup * kp / 4;
+  const int64_t min_groups = std::max<int64_t>(2, (65536 / group_bytes + 1) & ~int64_t{1});
+  int64_t chunks = std::min<int64_t>(threads * 4, (job->num_groups + min_groups - 1) / min_groups);
+  chunks = std::max<int64_t>(1, chunks);
+  int64_t per = (job->num_groups + chunks - 1) / chunks;
+  per += per & 1;
+  job->groups_per_chunk = per;
+  job->num_chunks = (job->num_groups + per - 1) / per;
+
+  const int64_t helpers = std::min(threads - 1, job->num_chunks - 1);
+  for (int64_t t = 0; t < helpers; ++t) {
+    pool.Schedule([job]() { job->work(); });
+  }
+  job->work();
+  // Helpers that claimed a chunk are still running it: wait for them (briefly spinning, then yielding).
+  for (int spins = 0; job->done.load(std::memory_order_acquire) < job->num_chunks; ++spins) {
+    if (spins < 4096) {
+#if TERNARY_X86
+      _mm_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BitnetTernaryMatmulCpu, TernaryMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+// ---------------------------------------------------------------------------------------------
+// Python module: the handler capsule and the ISA controls.
+// ---------------------------------------------------------------------------------------------
+
+static PyObject* py_handler(PyObject*, PyObject*) {
+  return PyCapsule_New(reinterpret_cast<void*>(&BitnetTernaryMatmulCpu), nullptr, nullptr);
+}
+
+static PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(current_isa()->name); }
+
+static PyObject* py_supported_isas(PyObject*, PyObject*) {
+  PyObject* list = PyList_New(0);
+  for (const Isa& isa : kIsas) {
+    if (isa.supported()) {
+      PyObject* s = PyUnicode_FromString(isa.name);
+      PyList_Append(list, s);
+      Py_DECREF(s);
+    }
+  }
+  return list;
+}
+
+static PyObject* py_set_isa(PyObject*, PyObject* arg) {
+  if (arg == Py_None) {
+    g_isa.store(best_isa(), std::memory_order_release);
+    Py_RETURN_NONE;
+  }
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  for (const Isa& isa : kIsas) {
+    if (std::strcmp(isa.name, name) == 0) {
+      if (!isa.supported()) {
+        PyErr_Format(PyExc_ValueError, "ISA %s is not supported by this CPU", name);
+        return nullptr;
+      }
+      g_isa.store(&isa, std::memory_order_release);
+      Py_RETURN_NONE;
+    }
+  }
+  PyErr_Format(PyExc_ValueError, "unknown ISA %s (known: avx512vnni, avx2, scalar)", name);
+  return nullptr;
+}
+
+static PyMethodDef kMethods[] = {
+    {"handler", py_handler, METH_NOARGS, "The XLA FFI handler of the ternary matmul, as a PyCapsule."},
+    {"isa", py_isa, METH_NOARGS, "The instruction-set path in use."},
+    {"supported_isas", py_supported_isas, METH_NOARGS, "The paths this CPU can run, widest first."},
+    {"set_isa", py_set_isa, METH_O, "Force a path by name (None: the widest supported)."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+static PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_ternary_cpu",
+                              "CPU ternary x int8 matmul (XLA FFI custom call).", -1, kMethods};
+
+PyMODINIT_FUNC PyInit__ternary_cpu(void) { return PyModule_Create(&kModule); }

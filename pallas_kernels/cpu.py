@@ -1,0 +1,89 @@
+"""CPU backend: the packed ternary x int8 matmul as a C++ XLA FFI custom call (``csrc/ternary_cpu.cc``).
+
+Weights use the ``tile16`` layout (see :mod:`pallas_kernels.layout`). The kernel picks AVX-512 VNNI,
+AVX2 or portable scalar code at run time, runs on XLA's intra-op thread pool, and is exact. The
+extension is built by the package's own build (``setup.py``); when it is missing, importing this module
+warns once and :data:`AVAILABLE` is False, and the dispatcher keeps using the ``xla`` backend.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels.layout import pack_tile16, tile16_bytes_per_row, unpack_tile16
+
+LAYOUT = "tile16"
+TARGET_NAME = "bitnet_ternary_matmul_cpu"
+
+try:
+    from pallas_kernels import _ternary_cpu as _ext
+except ImportError as err:  # no compiler at install time, or a source checkout never built
+    _ext = None
+    warnings.warn(
+        "bitnet-jax: the CPU ternary-matmul extension (pallas_kernels._ternary_cpu) is not built "
+        f"({err}); CPU inference falls back to the much slower XLA backend. Reinstall with a C++17 "
+        "compiler available (`pip install -e .` or `python setup.py build_ext --inplace`).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+else:
+    jax.ffi.register_ffi_target(TARGET_NAME, _ext.handler(), platform="cpu")
+
+AVAILABLE: bool = _ext is not None
+
+
+def isa() -> str | None:
+    """The instruction-set path the kernel uses (``avx512vnni``, ``avx2``, ``scalar``), None if unbuilt."""
+    return _ext.isa() if _ext is not None else None
+
+
+def supported_isas() -> list[str]:
+    """The paths this CPU can run, widest first (empty if the extension is not built)."""
+    return list(_ext.supported_isas()) if _ext is not None else []
+
+
+def set_isa(name: str | None) -> None:
+    """Force a path by name for testing and benchmarking (None restores the widest supported)."""
+    _require()
+    _ext.set_isa(name)
+
+
+def _require() -> None:
+    if _ext is None:
+        raise RuntimeError(
+            "the 'cpu' ternary-matmul backend needs the compiled extension pallas_kernels._ternary_cpu, "
+            "which is not built; reinstall the package with a C++17 compiler or use backend='xla'"
+        )
+
+
+def pack(w: Any) -> Any:
+    """Pack ternary int8 ``[N, K]`` weights in the ``tile16`` layout (NumPy or JAX in, same out)."""
+    return pack_tile16(w)
+
+
+def unpack(packed: Any, k: int) -> Any:
+    """Inverse of :func:`pack`: the ternary int8 ``[N, K]`` matrix (``K`` is not stored in the layout)."""
+    return unpack_tile16(packed, k)
+
+
+def ternary_matmul(x: jax.Array, packed: jax.Array) -> jax.Array:
+    """Exact int32 ``x @ w.T`` from int8 ``x [M, K]`` and ``tile16``-packed ``w`` ``[N, ceil(K/16)*4]``."""
+    _require()
+    m, k = x.shape
+    if packed.ndim != 2 or packed.shape[1] != tile16_bytes_per_row(k):
+        raise ValueError(
+            f"tile16-packed weights for K={k} must have shape [N, {tile16_bytes_per_row(k)}], "
+            f"got {tuple(packed.shape)}"
+        )
+    if packed.dtype != jnp.uint8:
+        raise TypeError(f"tile16-packed weights must be uint8, got {packed.dtype}")
+    out = jax.ShapeDtypeStruct((m, packed.shape[0]), jnp.int32)
+    return jax.ffi.ffi_call(TARGET_NAME, out, vmap_method="sequential")(x, packed)
+
+
+__all__ = ["AVAILABLE", "LAYOUT", "isa", "pack", "set_isa", "supported_isas", "ternary_matmul", "unpack"]
