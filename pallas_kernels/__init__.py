@@ -18,14 +18,15 @@ import os
 import jax
 import numpy as np
 
-from pallas_kernels import xla
+from pallas_kernels import cpu, xla
 from pallas_kernels.layout import pack_rows4, unpack_rows4
 from pallas_kernels.reference import ternary_matmul_reference
 
-BACKENDS: tuple[str, ...] = ("xla",)
 ENV_VAR = "BITNET_JAX_KERNEL"
 
-_IMPLS = {"xla": xla}
+# ``cpu`` imports even when its C++ extension is not built (it warns, and sets cpu.AVAILABLE = False).
+_IMPLS = {"xla": xla, "cpu": cpu}
+BACKENDS: tuple[str, ...] = tuple(_IMPLS)
 
 
 def resolve_backend(backend: str | None = None, platform: str | None = None) -> str:
@@ -33,7 +34,7 @@ def resolve_backend(backend: str | None = None, platform: str | None = None) -> 
     chosen = backend or os.environ.get(ENV_VAR) or None
     if chosen is None:
         platform = platform or jax.default_backend()
-        chosen = "xla"  # the only backend so far on every platform
+        chosen = "cpu" if platform == "cpu" and cpu.AVAILABLE else "xla"
     if chosen not in _IMPLS:
         raise ValueError(
             f"unknown ternary-matmul backend {chosen!r} (from "
@@ -53,6 +54,11 @@ def repack_rows4(codes: np.ndarray, backend: str | None = None) -> np.ndarray:
     if impl.LAYOUT == "rows4":
         return codes
     return np.asarray(impl.pack(unpack_rows4(codes)))
+
+
+def unpack(packed: np.ndarray, k: int, backend: str | None = None) -> np.ndarray:
+    """Inverse of :func:`pack`: ternary int8 ``[N, K]`` from ``backend``'s packed layout (NumPy)."""
+    return np.asarray(_IMPLS[resolve_backend(backend)].unpack(np.asarray(packed), k))
 
 
 def ternary_matmul(
@@ -76,5 +82,6 @@ __all__ = [
     "resolve_backend",
     "ternary_matmul",
     "ternary_matmul_reference",
+    "unpack",
     "unpack_rows4",
 ]
