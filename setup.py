@@ -18,7 +18,8 @@ setup(
     ext_modules=[
         Extension(
             "pallas_kernels._ternary_cpu",
-            sources=["csrc/ternary_cpu.cc"],
+            sources=["csrc/module.cc", "csrc/ternary_cpu.cc", "csrc/head_cpu.cc"],
+            depends=["csrc/common.h"],
             include_dirs=[_ffi_include_dir()],
             extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"],
             language="c++",

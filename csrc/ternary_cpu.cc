@@ -11,39 +11,25 @@
 // a group in 16 int32 lanes directly, with no horizontal reduction. The result is exact.
 //
 // Three code paths live in one binary, each compiled with its own target attributes; the widest one
-// the running CPU supports is chosen at load time (overridable through set_isa for tests). Work is
+// the running CPU supports is chosen at run time (module.cc; set_isa forces one for tests). Work is
 // split over XLA's intra-op thread pool (ffi::ThreadPool); the calling thread works too and can
 // finish all chunks alone, so a busy or absent pool never deadlocks.
 
-#include <Python.h>
-
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define TERNARY_X86 1
-#include <immintrin.h>
-#else
-#define TERNARY_X86 0
-#endif
-
-namespace ffi = xla::ffi;
-
+namespace bitnet {
 namespace {
 
 constexpr int64_t kGroup = 16;      // output rows per group
 constexpr int64_t kBlockK = 16;     // k values per block
 constexpr int64_t kBlockBytes = 64;  // bytes per block of a full group
 
-// Everything one call needs, shared (through a shared_ptr) by the caller and the pool's tasks.
+// Everything one call needs (read by every chunk).
 struct Problem {
   const int8_t* x;       // padded activations [M, Kp]
   const int32_t* xsum;   // per-row sums of x [M]
@@ -53,13 +39,6 @@ struct Problem {
 };
 
 using GroupsFn = void (*)(const Problem&, int64_t g_begin, int64_t g_end);
-
-// Load 4 bytes of x as one int32 (for a broadcast).
-inline int32_t load_quad(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Portable scalar path.
@@ -90,7 +69,7 @@ void groups_scalar(const Problem& p, int64_t g_begin, int64_t g_end) {
   }
 }
 
-#if TERNARY_X86
+#if BITNET_X86
 
 // Copies a partial last group (rows < 16) into a full-size zero-padded stream, so the SIMD tiles
 // can treat it like any other group (its extra rows are computed and never stored).
@@ -110,11 +89,9 @@ std::vector<uint8_t> pad_partial_group(const Problem& p, int64_t g) {
 // AVX-512 VNNI path: one zmm = one block of one group (16 rows x 4 k per unpacked plane).
 // ---------------------------------------------------------------------------------------------
 
-#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-
 // RG groups (streams w[0..RG) with stride group_bytes) times MB rows of x starting at row m0.
 template <int RG, int MB>
-TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64_t group_bytes, int64_t n0,
+BITNET_TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64_t group_bytes, int64_t n0,
                                int64_t m0, int64_t valid_rows) {
   const __m512i three = _mm512_set1_epi8(3);
   __m512i acc[RG][MB];
@@ -156,7 +133,7 @@ TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64_t grou
 
 // All rows of x for RG groups: large tiles of x rows first, then the remainder.
 template <int RG>
-TARGET_AVX512 void rows_avx512(const Problem& p, const uint8_t* wg, int64_t group_bytes, int64_t n0,
+BITNET_TARGET_AVX512 void rows_avx512(const Problem& p, const uint8_t* wg, int64_t group_bytes, int64_t n0,
                                int64_t valid_rows) {
   int64_t m0 = 0;
   for (; m0 + 8 <= p.m; m0 += 8) tile_avx512<RG, 8>(p, wg, group_bytes, n0, m0, valid_rows);
@@ -165,7 +142,7 @@ TARGET_AVX512 void rows_avx512(const Problem& p, const uint8_t* wg, int64_t grou
   for (; m0 < p.m; ++m0) tile_avx512<RG, 1>(p, wg, group_bytes, n0, m0, valid_rows);
 }
 
-TARGET_AVX512 void groups_avx512(const Problem& p, int64_t g_begin, int64_t g_end) {
+BITNET_TARGET_AVX512 void groups_avx512(const Problem& p, int64_t g_begin, int64_t g_end) {
   const int64_t group_bytes = kGroup * p.kp / 4;
   const int64_t full_end = std::min(g_end, p.n / kGroup);
   int64_t g = g_begin;
@@ -185,10 +162,8 @@ TARGET_AVX512 void groups_avx512(const Problem& p, int64_t g_begin, int64_t g_en
 // Per block an int16 lane sums 8 products of magnitude <= 256, so it cannot saturate.
 // ---------------------------------------------------------------------------------------------
 
-#define TARGET_AVX2 __attribute__((target("avx2")))
-
 template <int MB>
-TARGET_AVX2 void tile_avx2(const Problem& p, const uint8_t* wg, int64_t n0, int64_t m0, int64_t valid_rows) {
+BITNET_TARGET_AVX2 void tile_avx2(const Problem& p, const uint8_t* wg, int64_t n0, int64_t m0, int64_t valid_rows) {
   const __m256i three = _mm256_set1_epi8(3);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[2][MB];
@@ -234,14 +209,14 @@ TARGET_AVX2 void tile_avx2(const Problem& p, const uint8_t* wg, int64_t n0, int6
   }
 }
 
-TARGET_AVX2 void rows_avx2(const Problem& p, const uint8_t* wg, int64_t n0, int64_t valid_rows) {
+BITNET_TARGET_AVX2 void rows_avx2(const Problem& p, const uint8_t* wg, int64_t n0, int64_t valid_rows) {
   int64_t m0 = 0;
   for (; m0 + 4 <= p.m; m0 += 4) tile_avx2<4>(p, wg, n0, m0, valid_rows);
   for (; m0 + 2 <= p.m; m0 += 2) tile_avx2<2>(p, wg, n0, m0, valid_rows);
   for (; m0 < p.m; ++m0) tile_avx2<1>(p, wg, n0, m0, valid_rows);
 }
 
-TARGET_AVX2 void groups_avx2(const Problem& p, int64_t g_begin, int64_t g_end) {
+BITNET_TARGET_AVX2 void groups_avx2(const Problem& p, int64_t g_begin, int64_t g_end) {
   const int64_t group_bytes = kGroup * p.kp / 4;
   const int64_t full_end = std::min(g_end, p.n / kGroup);
   int64_t g = g_begin;
@@ -252,85 +227,18 @@ TARGET_AVX2 void groups_avx2(const Problem& p, int64_t g_begin, int64_t g_end) {
   }
 }
 
-#endif  // TERNARY_X86
+#endif  // BITNET_X86
 
 // ---------------------------------------------------------------------------------------------
-// Run-time dispatch.
+// The FFI handler.
 // ---------------------------------------------------------------------------------------------
 
-struct Isa {
-  const char* name;
-  GroupsFn fn;
-  bool (*supported)();
-};
-
-bool always() { return true; }
-#if TERNARY_X86
-bool has_avx512vnni() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-}
-bool has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
-}
+GroupsFn groups_fn(int level) {
+#if BITNET_X86
+  if (level == kAvx512Vnni) return groups_avx512;
+  if (level == kAvx2) return groups_avx2;
 #endif
-
-// Widest first.
-const Isa kIsas[] = {
-#if TERNARY_X86
-    {"avx512vnni", groups_avx512, has_avx512vnni},
-    {"avx2", groups_avx2, has_avx2},
-#endif
-    {"scalar", groups_scalar, always},
-};
-
-std::atomic<const Isa*> g_isa{nullptr};
-
-const Isa* best_isa() {
-  for (const Isa& isa : kIsas) {
-    if (isa.supported()) return &isa;
-  }
-  return &kIsas[sizeof(kIsas) / sizeof(kIsas[0]) - 1];
-}
-
-const Isa* current_isa() {
-  const Isa* isa = g_isa.load(std::memory_order_acquire);
-  if (isa == nullptr) {
-    isa = best_isa();
-    g_isa.store(isa, std::memory_order_release);
-  }
-  return isa;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Parallel driver: contiguous chunks of groups claimed through an atomic counter.
-// ---------------------------------------------------------------------------------------------
-
-struct Job {
-  Problem problem;
-  GroupsFn fn;
-  int64_t groups_per_chunk, num_groups, num_chunks;
-  std::vector<int8_t> x_storage;
-  std::vector<int32_t> xsum_storage;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void work() {
-    for (;;) {
-      const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= num_chunks) return;
-      const int64_t g0 = c * groups_per_chunk;
-      fn(problem, g0, std::min(num_groups, g0 + groups_per_chunk));
-      done.fetch_add(1, std::memory_order_acq_rel);
-    }
-  }
-};
-
-int64_t env_threads() {
-  const char* s = std::getenv("BITNET_JAX_CPU_THREADS");
-  return s ? std::max<int64_t>(0, std::atoll(s)) : 0;
+  return groups_scalar;
 }
 
 ffi::Error TernaryMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::U8> w,
@@ -353,114 +261,36 @@ ffi::Error TernaryMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::
     std::fill(o, o + m * n, 0);
     return ffi::Error::Success();
   }
-
-  auto job = std::make_shared<Job>();
   // Zero-padded copy of x (so every block reads 16 valid bytes) and the per-row sums.
-  job->x_storage.assign(static_cast<size_t>(m * kp), 0);
-  job->xsum_storage.resize(static_cast<size_t>(m));
+  std::vector<int8_t> xpad(static_cast<size_t>(m * kp), 0);
+  std::vector<int32_t> xsum(static_cast<size_t>(m));
   const int8_t* xs = x.typed_data();
   for (int64_t i = 0; i < m; ++i) {
-    std::memcpy(job->x_storage.data() + i * kp, xs + i * k, static_cast<size_t>(k));
+    std::memcpy(xpad.data() + i * kp, xs + i * k, static_cast<size_t>(k));
     int32_t s = 0;
     for (int64_t j = 0; j < k; ++j) s += xs[i * k + j];
-    job->xsum_storage[i] = s;
+    xsum[i] = s;
   }
-  job->problem = Problem{job->x_storage.data(), job->xsum_storage.data(), w.typed_data(), o, m, n, kp};
-  job->fn = current_isa()->fn;
-  job->num_groups = (n + kGroup - 1) / kGroup;
-
-  int64_t threads = env_threads();
-  if (threads == 0) threads = std::max<int64_t>(1, pool.num_threads());
-  // Chunks: a few per thread for balance under contention, but at least ~64 KiB of weights each
-  // so scheduling stays cheap; an even number of groups keeps the 2-group tiles whole.
+  const Problem problem{xpad.data(), xsum.data(), w.typed_data(), o, m, n, kp};
+  const GroupsFn fn = groups_fn(isa_level());
+  const int64_t num_groups = (n + kGroup - 1) / kGroup;
+  // At least ~64 KiB of weights per chunk keeps scheduling cheap; even sizes keep 2-group tiles whole.
   const int64_t group_bytes = kGroup * kp / 4;
-  const int64_t min_groups = std::max<int64_t>(2, (65536 / group_bytes + 1) & ~int64_t{1});
-  int64_t chunks = std::min<int64_t>(threads * 4, (job->num_groups + min_groups - 1) / min_groups);
-  chunks = std::max<int64_t>(1, chunks);
-  int64_t per = (job->num_groups + chunks - 1) / chunks;
-  per += per & 1;
-  job->groups_per_chunk = per;
-  job->num_chunks = (job->num_groups + per - 1) / per;
-
-  const int64_t helpers = std::min(threads - 1, job->num_chunks - 1);
-  for (int64_t t = 0; t < helpers; ++t) {
-    pool.Schedule([job]() { job->work(); });
-  }
-  job->work();
-  // Helpers that claimed a chunk are still running it: wait for them (briefly spinning, then yielding).
-  for (int spins = 0; job->done.load(std::memory_order_acquire) < job->num_chunks; ++spins) {
-    if (spins < 4096) {
-#if TERNARY_X86
-      _mm_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  const int64_t threads = thread_count(pool);
+  const int64_t per = chunk_size(num_groups, threads, 65536 / group_bytes + 1, 2);
+  const int64_t chunks = (num_groups + per - 1) / per;
+  parallel_chunks(pool, chunks, threads, [&problem, fn, per, num_groups](int64_t c) {
+    fn(problem, c * per, std::min(num_groups, (c + 1) * per));
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
+}  // namespace bitnet
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BitnetTernaryMatmulCpu, TernaryMatmulImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
-
-// ---------------------------------------------------------------------------------------------
-// Python module: the handler capsule and the ISA controls.
-// ---------------------------------------------------------------------------------------------
-
-static PyObject* py_handler(PyObject*, PyObject*) {
-  return PyCapsule_New(reinterpret_cast<void*>(&BitnetTernaryMatmulCpu), nullptr, nullptr);
-}
-
-static PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(current_isa()->name); }
-
-static PyObject* py_supported_isas(PyObject*, PyObject*) {
-  PyObject* list = PyList_New(0);
-  for (const Isa& isa : kIsas) {
-    if (isa.supported()) {
-      PyObject* s = PyUnicode_FromString(isa.name);
-      PyList_Append(list, s);
-      Py_DECREF(s);
-    }
-  }
-  return list;
-}
-
-static PyObject* py_set_isa(PyObject*, PyObject* arg) {
-  if (arg == Py_None) {
-    g_isa.store(best_isa(), std::memory_order_release);
-    Py_RETURN_NONE;
-  }
-  const char* name = PyUnicode_AsUTF8(arg);
-  if (name == nullptr) return nullptr;
-  for (const Isa& isa : kIsas) {
-    if (std::strcmp(isa.name, name) == 0) {
-      if (!isa.supported()) {
-        PyErr_Format(PyExc_ValueError, "ISA %s is not supported by this CPU", name);
-        return nullptr;
-      }
-      g_isa.store(&isa, std::memory_order_release);
-      Py_RETURN_NONE;
-    }
-  }
-  PyErr_Format(PyExc_ValueError, "unknown ISA %s (known: avx512vnni, avx2, scalar)", name);
-  return nullptr;
-}
-
-static PyMethodDef kMethods[] = {
-    {"handler", py_handler, METH_NOARGS, "The XLA FFI handler of the ternary matmul, as a PyCapsule."},
-    {"isa", py_isa, METH_NOARGS, "The instruction-set path in use."},
-    {"supported_isas", py_supported_isas, METH_NOARGS, "The paths this CPU can run, widest first."},
-    {"set_isa", py_set_isa, METH_O, "Force a path by name (None: the widest supported)."},
-    {nullptr, nullptr, 0, nullptr},
-};
-
-static PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_ternary_cpu",
-                              "CPU ternary x int8 matmul (XLA FFI custom call).", -1, kMethods};
-
-PyMODINIT_FUNC PyInit__ternary_cpu(void) { return PyModule_Create(&kModule); }
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BitnetTernaryMatmulCpu, bitnet::TernaryMatmulImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S8>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::U8>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::S32>>());

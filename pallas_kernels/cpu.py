@@ -19,6 +19,8 @@ from pallas_kernels.layout import pack_tile16, tile16_bytes_per_row, unpack_tile
 
 LAYOUT = "tile16"
 TARGET_NAME = "bitnet_ternary_matmul_cpu"
+HEAD_FLOAT_TARGET = "bitnet_head_float_cpu"
+HEAD_INT8_TARGET = "bitnet_head_int8_cpu"
 
 try:
     from pallas_kernels import _ternary_cpu as _ext
@@ -32,7 +34,9 @@ except ImportError as err:  # no compiler at install time, or a source checkout 
         stacklevel=2,
     )
 else:
-    jax.ffi.register_ffi_target(TARGET_NAME, _ext.handler(), platform="cpu")
+    _handlers = _ext.handlers()
+    for _name, _key in ((TARGET_NAME, "ternary_matmul"), (HEAD_FLOAT_TARGET, "head_float"), (HEAD_INT8_TARGET, "head_int8")):
+        jax.ffi.register_ffi_target(_name, _handlers[_key], platform="cpu")
 
 AVAILABLE: bool = _ext is not None
 
@@ -86,4 +90,38 @@ def ternary_matmul(x: jax.Array, packed: jax.Array) -> jax.Array:
     return jax.ffi.ffi_call(TARGET_NAME, out, vmap_method="sequential")(x, packed)
 
 
-__all__ = ["AVAILABLE", "LAYOUT", "isa", "pack", "set_isa", "supported_isas", "ternary_matmul", "unpack"]
+def _check_head(x: jax.Array, table: jax.Array, x_dtypes: tuple, table_dtypes: tuple, what: str) -> None:
+    if x.ndim != 2 or table.ndim != 2 or x.shape[1] != table.shape[1]:
+        raise ValueError(f"{what} expects x [M, D] and table [V, D], got {x.shape} and {table.shape}")
+    if x.dtype not in x_dtypes or table.dtype not in table_dtypes:
+        raise TypeError(f"{what}: unsupported dtypes x {x.dtype}, table {table.dtype}")
+
+
+def head_float(x: jax.Array, table: jax.Array) -> jax.Array:
+    """Float32 logits ``x @ table.T`` of float32 ``x [M, D]`` and a bfloat16/float32 ``table [V, D]``."""
+    _require()
+    _check_head(x, table, (jnp.float32,), (jnp.bfloat16, jnp.float32), "head_float")
+    out = jax.ShapeDtypeStruct((x.shape[0], table.shape[0]), jnp.float32)
+    return jax.ffi.ffi_call(HEAD_FLOAT_TARGET, out, vmap_method="sequential")(x, table)
+
+
+def head_int8(x: jax.Array, table: jax.Array) -> jax.Array:
+    """Exact int32 ``x @ table.T`` of int8 ``x [M, D]`` and an int8 ``table [V, D]`` with values in [-127, 127]."""
+    _require()
+    _check_head(x, table, (jnp.int8,), (jnp.int8,), "head_int8")
+    out = jax.ShapeDtypeStruct((x.shape[0], table.shape[0]), jnp.int32)
+    return jax.ffi.ffi_call(HEAD_INT8_TARGET, out, vmap_method="sequential")(x, table)
+
+
+__all__ = [
+    "AVAILABLE",
+    "LAYOUT",
+    "head_float",
+    "head_int8",
+    "isa",
+    "pack",
+    "set_isa",
+    "supported_isas",
+    "ternary_matmul",
+    "unpack",
+]
