@@ -23,6 +23,7 @@ from bitnet_jax.checkpoint import Checkpoint, TernaryTensor, ternary_linears
 from bitnet_jax.config import ModelConfig, load_hf_config_file
 from bitnet_jax.errors import CheckpointError, ConfigError
 from bitnet_jax.quant import WEIGHT_EPS
+import pallas_kernels
 from pallas_kernels.layout import pack_rows4
 
 SINGLE_FILE = "model.safetensors"
@@ -203,11 +204,13 @@ def write_hf_checkpoint(model, path: str | Path) -> Path:
         raise CheckpointError("write_hf_checkpoint expects a packed model (quantize a trained model first)")
     path = Path(path)
     tensors: dict[str, np.ndarray] = {}
+    shapes = {prefix + ".weight": shape for prefix, shape in ternary_linears(model.config)}
     for leaf_path, value in _param_leaves(jax.device_get(model.params)):
         name = param_path_to_hf_name(leaf_path)
         arr = np.asarray(value)
-        if leaf_path[-1] == "weight_packed":  # every backend keeps the HF rows4 layout today
-            arr = np.ascontiguousarray(arr, dtype=np.uint8)
+        if leaf_path[-1] == "weight_packed":  # the kernel's layout -> ternary -> the HF rows4 layout
+            ternary = pallas_kernels.unpack(arr, shapes[name][1], model.kernel_backend)
+            arr = np.ascontiguousarray(pack_rows4(ternary), dtype=np.uint8)
         elif leaf_path[-1] == "weight_scale":
             arr = arr.reshape(1).astype(np.float32)
         else:

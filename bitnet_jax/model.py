@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bitnet_jax import head as head_lib
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.layers import BitLinear, RMSNorm, apply_rope
 
@@ -156,7 +157,8 @@ class Transformer(nn.Module):
         embedding = self.param(
             "embed_tokens", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size), jnp.float32
         )
-        x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+        scales = self.variables.get("params", {}).get  # int8 head tables come with per-row scales
+        x = head_lib.embed(embedding, tokens, scales("embed_scales")).astype(dtype)
         new_cache = [] if cache is not None else None
         for i in range(cfg.num_hidden_layers):
             layer = DecoderLayer(cfg, self.packed, self.kernel_backend, name=f"layers_{i}")
@@ -167,8 +169,9 @@ class Transformer(nn.Module):
         if logit_index is not None:
             x = jnp.take_along_axis(x, logit_index[:, None, None], axis=1)
         if cfg.tie_word_embeddings:
-            head = embedding
+            head, head_scales = embedding, scales("embed_scales")
         else:
             head = self.param("lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size), jnp.float32)
-        logits = jnp.einsum("btd,vd->btv", x, head.astype(dtype), preferred_element_type=jnp.float32)
+            head_scales = scales("lm_head_scales")
+        logits = head_lib.project(x, head, head_scales, self.kernel_backend)
         return logits, new_cache

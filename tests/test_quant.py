@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pallas_kernels
 from bitnet_jax import quant
 from bitnet_jax.layers import BitLinear
 
@@ -120,15 +121,16 @@ def np_bitlinear(x, w):
     return (xq.astype(np.int64) @ wq.astype(np.int64).T) / (s_x.astype(np.float64) * np.float64(s_w))
 
 
-def test_bitlinear_forms_agree_with_reference():
+@pytest.mark.parametrize("backend", pallas_kernels.BACKENDS)
+def test_bitlinear_forms_agree_with_reference(backend):
     rng = np.random.default_rng(3)
     w = rng.normal(0, 0.05, (24, 40)).astype(np.float32)
     x = rng.normal(0, 1, (2, 5, 40)).astype(np.float32)
     ref = np_bitlinear(x.reshape(-1, 40), w).reshape(2, 5, 24)
     train_out = BitLinear(24, packed=False).apply({"params": {"weight": jnp.asarray(w)}}, jnp.asarray(x))
     wq, s_w = quant.quantize_weights(jnp.asarray(w))
-    packed_params = {"weight_packed": quant.pack_ternary(wq), "weight_scale": 1.0 / s_w}
-    infer_out = BitLinear(24, packed=True).apply({"params": packed_params}, jnp.asarray(x))
+    packed_params = {"weight_packed": pallas_kernels.pack(wq, backend), "weight_scale": 1.0 / s_w}
+    infer_out = BitLinear(24, packed=True, kernel_backend=backend).apply({"params": packed_params}, jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(train_out), ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(infer_out), ref, rtol=1e-5, atol=1e-5)
 

@@ -1,0 +1,78 @@
+"""The output projection ("head") and the embedding lookup: exact float (default) or int8 per-row.
+
+The exact head multiplies by the table as stored (bfloat16 or float32), accumulating in float32. The
+int8 head (as bitnet.cpp quantizes its embedding) stores the table as ``codes int8 [V, D]`` in
+[-127, 127] with a float32 scale per row (``max|row| / 127``), quantizes the hidden state per token
+like every BitLinear input (absmax int8), takes the exact int32 product and rescales: about half the
+bytes of a bfloat16 head per decoded token. In the parameter tree, the presence of ``embed_scales``
+(tied head) or ``lm_head_scales`` (untied) next to the int8 table selects it; :func:`quantize_head_params`
+converts a float tree. On CPU both run as C++ kernels (:mod:`pallas_kernels.cpu`), elsewhere as XLA dots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pallas_kernels
+from bitnet_jax import quant
+
+INT8_MAX = 127
+
+
+def quantize_table(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row absmax int8: ``codes = clip(round(t * 127 / max|row|), -127, 127)``, ``scale = max|row| / 127``."""
+    t = np.asarray(table, dtype=np.float32)
+    amax = np.max(np.abs(t), axis=1)
+    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(t / scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return codes, scale
+
+
+def quantize_head_params(params: dict, tie_word_embeddings: bool) -> dict:
+    """A copy of a packed parameter tree whose head table is int8 with per-row scales.
+
+    Tied: ``embed_tokens`` becomes int8 (lookup and head both use it) plus ``embed_scales [V]``;
+    untied: ``lm_head`` becomes int8 plus ``lm_head_scales [V]`` and the embedding stays as it is.
+    """
+    out = dict(params)
+    name = "embed_tokens" if tie_word_embeddings else "lm_head"
+    codes, scale = quantize_table(params[name])
+    out[name] = jnp.asarray(codes)
+    out[name + "_scales"] = jnp.asarray(scale)
+    return out
+
+
+def _use_cpu_kernel(backend: str | None) -> bool:
+    return pallas_kernels.resolve_backend(backend) == "cpu" and pallas_kernels.cpu.AVAILABLE
+
+
+def embed(table: jax.Array, tokens: jax.Array, scales: jax.Array | None = None) -> jax.Array:
+    """Rows of the embedding table for ``tokens`` (dequantized when ``scales`` is given)."""
+    rows = jnp.take(table, tokens, axis=0)
+    if scales is None:
+        return rows
+    return rows.astype(jnp.float32) * jnp.take(scales, tokens, axis=0)[..., None]
+
+
+def project(
+    x: jax.Array, table: jax.Array, scales: jax.Array | None = None, backend: str | None = None
+) -> jax.Array:
+    """Float32 logits ``x @ table.T`` for ``x [..., D]``: exact float, or int8 when ``scales`` is given."""
+    lead, d = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, d)
+    if scales is not None:
+        xq, s_x = quant.quantize_activations(x2)
+        if _use_cpu_kernel(backend):
+            acc = pallas_kernels.cpu.head_int8(xq, table)
+        else:
+            acc = jnp.dot(xq, table.T, preferred_element_type=jnp.int32)
+        logits = acc.astype(jnp.float32) * scales[None, :] / s_x
+    elif _use_cpu_kernel(backend) and table.dtype in (jnp.bfloat16, jnp.float32):
+        logits = pallas_kernels.cpu.head_float(x2.astype(jnp.float32), table)
+    else:
+        logits = jnp.dot(x2, table.astype(x.dtype).T, preferred_element_type=jnp.float32)
+    return logits.reshape(*lead, table.shape[0])
