@@ -22,6 +22,8 @@ needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu not importable 
 
 def _check(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    # The pytest process may itself have loaded libtpu (and hold its lockfile) when importing jax.
+    env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "pallas_kernels.compile_check", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
