@@ -19,7 +19,8 @@ Forms (the same latent model in each):
   by it), config offline bitlinear.
 
 torch.compile (used by transformers' BitNet quantizers) is switched off around reference calls: the
-eager ops are the definition, and compiling on CPU would cost minutes per test session.
+eager ops are the definition, and compiling on CPU would cost minutes per test session. Reference
+calls also run torch on one thread: on the shared 2-core machine that made generation 40x faster.
 """
 
 from __future__ import annotations
@@ -92,9 +93,14 @@ SPECS = (
 
 @contextlib.contextmanager
 def eager_torch() -> Iterator[None]:
-    """No torch.compile and no autograd inside."""
-    with torch._dynamo.config.patch(disable=True), torch.no_grad():
-        yield
+    """No torch.compile, no autograd and one intra-op thread inside (tiny ops: threads only contend)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch._dynamo.config.patch(disable=True), torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def random_latent_model(spec: Spec, seed: int = 0) -> BitNetForCausalLM:
@@ -183,7 +189,13 @@ def reference_logits(model: BitNetForCausalLM, tokens: np.ndarray) -> np.ndarray
 
 
 def reference_greedy(model: BitNetForCausalLM, prompt: Sequence[int], max_new_tokens: int) -> list[int]:
-    """transformers greedy continuation of one prompt, never stopping at EOS."""
+    """transformers greedy continuation of one prompt, never stopping at EOS.
+
+    ``use_cache=False``: every step re-runs the full forward, the definition of greedy decoding.
+    transformers' KV-cached decode runs other matmul shapes, and its float round-off can tip an int8
+    activation tie the other way: on one spec here its cached step-22 logits moved by 0.028 from its
+    own full forward and changed the argmax, while ours matched the full forward to 1e-6.
+    """
     ids = torch.as_tensor([list(prompt)], dtype=torch.long)
     with eager_torch():
         out = model.generate(
@@ -193,6 +205,7 @@ def reference_greedy(model: BitNetForCausalLM, prompt: Sequence[int], max_new_to
             max_new_tokens=max_new_tokens,
             eos_token_id=None,
             pad_token_id=0,
+            use_cache=False,
         )
     new = out[0, len(prompt) :].tolist()
     if len(new) != max_new_tokens:
