@@ -102,17 +102,22 @@ def decode_i2_s(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, fl
 
 
 def encode_tq2_0(packed: np.ndarray, d: float = 1.0) -> np.ndarray:
-    """rows4 codes -> TQ2_0 bytes (flat uint8), every block with scale ``d``."""
+    """rows4 codes -> TQ2_0 bytes (flat uint8), every nonzero block with scale ``d``."""
     codes = rows4_to_codes(packed)
     _blocks(codes, codes.size, QK_K, QK_K)
     groups = codes.reshape(-1, 2, 4, 32) << _SHIFT_LO.reshape(1, 1, 4, 1)
     qs = np.bitwise_or.reduce(groups, axis=2).reshape(-1, 64)
-    dd = np.full((qs.shape[0], 1), d, dtype="<f2").view(np.uint8)
-    return np.concatenate([qs, dd], axis=1).reshape(-1)
+    return np.concatenate([qs, _block_d(codes, d)], axis=1).reshape(-1)
+
+
+def _block_d(codes: np.ndarray, d: float) -> np.ndarray:
+    """fp16 ``d`` bytes per 256-weight block: ``d``, or 0 for an all-zero block (as llama.cpp writes it)."""
+    nonzero = np.any(codes.reshape(-1, QK_K) != 1, axis=1, keepdims=True)
+    return np.where(nonzero, np.float16(d), np.float16(0)).astype("<f2").view(np.uint8)
 
 
 def encode_tq1_0(packed: np.ndarray, d: float = 1.0) -> np.ndarray:
-    """rows4 codes -> TQ1_0 bytes (flat uint8), every block with scale ``d``."""
+    """rows4 codes -> TQ1_0 bytes (flat uint8), every nonzero block with scale ``d``."""
     codes = rows4_to_codes(packed)
     _blocks(codes, codes.size, QK_K, QK_K)
     blocks = codes.reshape(-1, QK_K).astype(np.uint16)
@@ -124,8 +129,7 @@ def encode_tq1_0(packed: np.ndarray, d: float = 1.0) -> np.ndarray:
         return ((value * 256 + 242) // 243).astype(np.uint8)
 
     qs = np.concatenate([pack(blocks[:, :160], 5), pack(blocks[:, 160:240], 5), pack(blocks[:, 240:], 4)], axis=1)
-    dd = np.full((qs.shape[0], 1), d, dtype="<f2").view(np.uint8)
-    return np.concatenate([qs, dd], axis=1).reshape(-1)
+    return np.concatenate([qs, _block_d(codes, d)], axis=1).reshape(-1)
 
 
 def encode_i2_s(packed: np.ndarray, scale: float) -> np.ndarray:
@@ -145,6 +149,8 @@ def common_scale(d: np.ndarray, nonzero: np.ndarray) -> float:
     used = d[nonzero]
     if used.size == 0:
         return 1.0
+    if not np.all(np.isfinite(used)):
+        raise CodecError("a block's scale d is not finite")
     bad = np.flatnonzero(used != used[0])
     if bad.size:
         raise CodecError(

@@ -116,7 +116,7 @@ def i2s_reference(q: np.ndarray, scale: float) -> np.ndarray:
 
 
 def write_reference_gguf(spec: dict, path: Path, kind: str, arch: str = "bitnet", scale_tensor: bool = False,
-                         vocab: dict | None = None) -> Path:
+                         vocab: dict | None = None, extra_scales: dict | None = None) -> Path:
     """A GGUF written with gguf.GGUFWriter: ``kind`` in i2_s, tq1_0, tq2_0, f16, f32, bf16 for the linears.
 
     ``scale_tensor``: ternary values stored with unit scale plus a ``<name>.scale`` F32 tensor (upstream
@@ -163,6 +163,8 @@ def write_reference_gguf(spec: dict, path: Path, kind: str, arch: str = "bitnet"
                 w.add_tensor(name, values.astype(np.float16 if kind == "f16" else np.float32))
             if scale_tensor:
                 w.add_tensor(f"blk.{i}.{g}.scale", np.array([scale], dtype=np.float32))
+            elif extra_scales and f"blk.{i}.{g}" in extra_scales:
+                w.add_tensor(f"blk.{i}.{g}.scale", np.array([extra_scales[f"blk.{i}.{g}"]], dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
