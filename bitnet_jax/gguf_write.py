@@ -101,6 +101,8 @@ def _add_tokenizer(w: gguf.GGUFWriter, tokenizer: Any, cfg: ModelConfig) -> None
 def _add_ternary(w: gguf.GGUFWriter, name: str, t: TernaryTensor, quant: str) -> None:
     out, inp = t.shape
     codes = np.asarray(t.codes, dtype=np.uint8)
+    if quant in ("tq2_0", "tq1_0") and inp % 256:
+        raise CheckpointError(f"cannot encode tensor {name} as {quant.upper()}: rows of {inp} weights do not fill 256-weight blocks")
     try:
         if quant == "i2_s":
             w.add_tensor(name, encode_i2_s(codes, t.scale).view(np.int8), raw_shape=(out, inp), raw_dtype=I2_S)
