@@ -6,6 +6,10 @@ from bitnet_jax.generate import GenerationError, forward, generate, generate_str
 from bitnet_jax.loading import BitNetModel, from_pretrained, read_checkpoint
 from bitnet_jax.sampling import SamplingError
 
+from bitnet_jax.chat import encode_chat, format_chat, stop_token_ids
+from bitnet_jax.export import save_pretrained
+from bitnet_jax.tokenizer import load_tokenizer
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -21,4 +25,9 @@ __all__ = [
     "generate",
     "generate_stream",
     "read_checkpoint",
+    "encode_chat",
+    "format_chat",
+    "load_tokenizer",
+    "save_pretrained",
+    "stop_token_ids",
 ]

@@ -97,6 +97,8 @@ def _add_info(sub) -> None:
 
 
 PARSERS = [_add_generate, _add_info]
+from bitnet_jax import cli_chat, cli_convert  # noqa: E402  (formats commands)
+PARSERS += [cli_chat.add_parser, cli_convert.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

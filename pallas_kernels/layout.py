@@ -1,10 +1,21 @@
 """The 2-bit ternary packing shared by the kernels and the Hugging Face checkpoint format.
 
-Layout ``rows4`` (the one every backend uses today, and the one transformers' packed BitNet checkpoints
-store): a ternary matrix ``w`` of shape ``[N, K]`` (values -1, 0, +1) becomes ``uint8 [N // 4, K]``.
+This docstring is the one place packed layouts are documented. The ``xla``, ``tpu``, ``mosaic_gpu``
+and ``triton`` backends use ``rows4``, so Hugging Face codes load into them without repacking; the
+``cpu`` backend uses ``tile16`` (``checkpoint_to_params`` repacks through ``repack_rows4``, writers go
+back through ``pallas_kernels.unpack``). Weights must be packed for the backend that multiplies them.
+
+Layout ``rows4`` (the one transformers' packed BitNet checkpoints store): a ternary matrix ``w`` of shape ``[N, K]`` (values -1, 0, +1) becomes ``uint8 [N // 4, K]``.
 Each weight is stored as the code ``w + 1`` (0, 1 or 2). With ``R = N // 4``, byte ``[r, c]`` holds
 ``w[r, c]`` in bits 1:0, ``w[R + r, c]`` in bits 3:2, ``w[2R + r, c]`` in bits 5:4 and ``w[3R + r, c]``
 in bits 7:6. Code 3 never occurs in a valid file.
+
+Why it suits the kernels: a packed tile ``[bn, bk]`` (rows ``r0 .. r0 + bn``) holds the weights of
+four output strips ``r0 + n``, ``R + r0 + n``, ``2R + r0 + n``, ``3R + r0 + n``; a kernel unpacks the
+four 2-bit planes on chip and writes a ``[4, M, R]`` (or ``[4, R, M]``) result that reshapes to
+``[M, N]``. Projections fuse by concatenating packed arrays along rows (each keeps its own scale and
+its own ``[4, ., R_i]`` slice of the output). Kernels pad ``R`` and ``K`` with byte ``0x55`` (four
+zero weights) where no tile size divides them.
 
 Layout ``tile16`` (the ``cpu`` backend, :mod:`pallas_kernels.cpu`): made for the u8 x s8 dot-product
 instructions of x86 CPUs, it gives each group of 16 output rows one sequential stream of bytes. ``K`` is
@@ -17,7 +28,7 @@ row ``r``. If ``N`` is not a multiple of 16, the last group has ``R = N % 16`` r
 ``4R`` bytes. Groups follow each other; the byte stream is stored as ``uint8 [N, Kp / 4]`` (same byte
 count as ``rows4``; the shape's rows are not the matrix rows). ``K`` itself is not stored.
 
-Both ``rows4`` functions and ``pack_tile16`` work on NumPy arrays and on JAX arrays (inside ``jit`` too); the arithmetic is done in
+The ``rows4`` functions and ``pack_tile16`` work on NumPy arrays and on JAX arrays (inside ``jit`` too); the arithmetic is done in
 int32 because Mosaic rejects 8-bit elementwise arithmetic.
 """
 

@@ -22,13 +22,6 @@ def pack(w: jax.Array) -> jax.Array:
     return pack_rows4(w)
 
 
-def unpack(packed: jax.Array, k: int) -> jax.Array:
-    """Inverse of :func:`pack`: the ternary int8 ``[N, K]`` matrix."""
-    if packed.shape[-1] != k:
-        raise ValueError(f"rows4-packed weights for K={k} must have {k} columns, got shape {tuple(packed.shape)}")
-    return unpack_rows4(packed)
-
-
 def ternary_matmul(x: jax.Array, packed: jax.Array) -> jax.Array:
     """Exact int32 ``x @ w.T`` from int8 ``x [M, K]`` and ``rows4``-packed ``w``."""
     k = x.shape[-1]

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import bitnet_jax as bj
-from bitnet_jax.model import Transformer
+from bitnet_jax.checkpoint import random_checkpoint
+from bitnet_jax.loading import model_from_checkpoint
 
 gen = importlib.import_module("bitnet_jax.generate")
 
@@ -54,10 +54,8 @@ def run(preset: str, batch: int, prompt_len: int, new_tokens: int, repeats: int,
     if dtype:
         config = config.replace(dtype=dtype)
     t0 = time.perf_counter()
-    params = jax.jit(Transformer(config, packed=True).init)(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
-    jax.block_until_ready(params)
+    model = model_from_checkpoint(random_checkpoint(config, seed=0))
     init_s = time.perf_counter() - t0
-    model = bj.BitNetModel(config, params["params"])
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(0, config.vocab_size, prompt_len)) for _ in range(batch)]
 

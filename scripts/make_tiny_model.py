@@ -10,13 +10,14 @@ import argparse
 import sysconfig
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
+import dataclasses
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from bitnet_jax import BitNetModel, ModelConfig
+from bitnet_jax import ModelConfig
+from bitnet_jax.checkpoint import random_checkpoint
 from bitnet_jax.hf import write_hf_checkpoint
-from bitnet_jax.model import Transformer
+from bitnet_jax.loading import model_from_checkpoint
 from bitnet_jax.tokenizer import Tokenizer as BitNetTokenizer
 
 SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>"]
@@ -46,8 +47,8 @@ def main() -> None:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = [str(p) for p in sorted(stdlib.glob("*.py"))[:20]]
     tokenizer = train_tokenizer(config.vocab_size, files)
-    params = Transformer(config, packed=True).init(jax.random.PRNGKey(args.seed), jnp.zeros((1, 1), jnp.int32))
-    model = BitNetModel(config, params["params"], BitNetTokenizer(tokenizer, 0, (1,)))
+    model = model_from_checkpoint(random_checkpoint(config, seed=args.seed))
+    model = dataclasses.replace(model, tokenizer=BitNetTokenizer(tokenizer, 0, (1,)))
     write_hf_checkpoint(model, args.out)
     print(f"wrote a random {args.preset} model to {args.out}")
 

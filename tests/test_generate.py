@@ -75,12 +75,13 @@ def test_per_row_stop_token(tiny_model):
 
 
 def test_no_recompile_within_a_bucket(tiny_model):
-    bj.generate(tiny_model, [[1, 2, 3]], max_new_tokens=5, stop_tokens=())
+    batch = 5  # a batch size no other test uses, so the compile cache starts without these programs
+    bj.generate(tiny_model, [[1, 2, 3]] * batch, max_new_tokens=5, stop_tokens=())
     size = gen._generate_loop._cache_size()
-    bj.generate(tiny_model, [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]], max_new_tokens=12, stop_tokens=())
-    bj.generate(tiny_model, [[4, 4]], max_new_tokens=16, temperature=0.0, stop_tokens=[3])
+    bj.generate(tiny_model, [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]] * batch, max_new_tokens=12, stop_tokens=())
+    bj.generate(tiny_model, [[4, 4]] * batch, max_new_tokens=16, temperature=0.0, stop_tokens=[3])
     assert gen._generate_loop._cache_size() == size
-    bj.generate(tiny_model, [list(range(1, 30))], max_new_tokens=5, stop_tokens=())  # next prompt bucket
+    bj.generate(tiny_model, [list(range(1, 30))] * batch, max_new_tokens=5, stop_tokens=())  # next prompt bucket
     assert gen._generate_loop._cache_size() == size + 1
 
 
