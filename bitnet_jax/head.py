@@ -39,10 +39,10 @@ def quantize_head_params(params: dict, tie_word_embeddings: bool) -> dict:
     untied: ``lm_head`` becomes int8 plus ``lm_head_scales [V]`` and the embedding stays as it is.
     """
     out = dict(params)
-    name = "embed_tokens" if tie_word_embeddings else "lm_head"
+    name, scales_name = ("embed_tokens", "embed_scales") if tie_word_embeddings else ("lm_head", "lm_head_scales")
     codes, scale = quantize_table(params[name])
     out[name] = jnp.asarray(codes)
-    out[name + "_scales"] = jnp.asarray(scale)
+    out[scales_name] = jnp.asarray(scale)
     return out
 
 

@@ -94,50 +94,93 @@ BITNET_TARGET_AVX512 inline __m512 load16(const uint16_t* p, __mmask16 k) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
 }
 BITNET_TARGET_AVX512 inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+BITNET_TARGET_AVX512 inline __m512 load16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+BITNET_TARGET_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 
+// With few outputs per tile, each keeps S partial sums over consecutive vectors (independent chains).
 template <typename T, int RV, int MB>
 BITNET_TARGET_AVX512 void float_tile_avx512(const HeadProblem& p, int64_t v0, int64_t m0, const int32_t*) {
+  constexpr int S = RV * MB >= 4 ? 1 : 4 / (RV * MB);
   const float* x = static_cast<const float*>(p.x) + m0 * p.d;
   const T* t = static_cast<const T*>(p.table) + v0 * p.d;
-  __m512 acc[RV][MB];
+  __m512 acc[RV][MB][S];
   for (int r = 0; r < RV; ++r)
-    for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_setzero_ps();
-  for (int64_t d = 0; d < p.d; d += 16) {
-    const __mmask16 k = p.d - d >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                      : static_cast<__mmask16>((1u << (p.d - d)) - 1u);
+    for (int j = 0; j < MB; ++j)
+      for (int q = 0; q < S; ++q) acc[r][j][q] = _mm512_setzero_ps();
+  const int64_t d_main = p.d / (16 * S) * (16 * S);
+  for (int64_t d0 = 0; d0 < d_main; d0 += 16 * S) {  // full vectors, no masks
+    for (int q = 0; q < S; ++q) {
+      const int64_t d = d0 + 16 * q;
+      __m512 e[RV];
+      for (int r = 0; r < RV; ++r) e[r] = load16(t + r * p.d + d);
+      for (int j = 0; j < MB; ++j) {
+        const __m512 xv = _mm512_loadu_ps(x + j * p.d + d);
+        for (int r = 0; r < RV; ++r) acc[r][j][q] = _mm512_fmadd_ps(e[r], xv, acc[r][j][q]);
+      }
+    }
+  }
+  for (int64_t d = d_main; d < p.d; d += 16) {  // the tail, masked
+    const __mmask16 k = static_cast<__mmask16>((1u << std::min<int64_t>(16, p.d - d)) - 1u);
     __m512 e[RV];
     for (int r = 0; r < RV; ++r) e[r] = load16(t + r * p.d + d, k);
     for (int j = 0; j < MB; ++j) {
       const __m512 xv = _mm512_maskz_loadu_ps(k, x + j * p.d + d);
-      for (int r = 0; r < RV; ++r) acc[r][j] = _mm512_fmadd_ps(e[r], xv, acc[r][j]);
+      for (int r = 0; r < RV; ++r) acc[r][j][0] = _mm512_fmadd_ps(e[r], xv, acc[r][j][0]);
     }
   }
   float* out = static_cast<float*>(p.out);
-  for (int j = 0; j < MB; ++j)
-    for (int r = 0; r < RV; ++r) out[(m0 + j) * p.v + v0 + r] = _mm512_reduce_add_ps(acc[r][j]);
+  for (int j = 0; j < MB; ++j) {
+    for (int r = 0; r < RV; ++r) {
+      __m512 total = acc[r][j][0];
+      for (int q = 1; q < S; ++q) total = _mm512_add_ps(total, acc[r][j][q]);
+      out[(m0 + j) * p.v + v0 + r] = _mm512_reduce_add_ps(total);
+    }
+  }
 }
 
 template <int RV, int MB>
 BITNET_TARGET_AVX512 void int8_tile_avx512(const HeadProblem& p, int64_t v0, int64_t m0, const int32_t* xsum) {
+  constexpr int S = RV * MB >= 4 ? 1 : 4 / (RV * MB);
   const int8_t* x = static_cast<const int8_t*>(p.x) + m0 * p.d;
   const int8_t* t = static_cast<const int8_t*>(p.table) + v0 * p.d;
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512i acc[RV][MB];
+  __m512i acc[RV][MB][S];
   for (int r = 0; r < RV; ++r)
-    for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_setzero_si512();
-  for (int64_t d = 0; d < p.d; d += 64) {
-    const __mmask64 k = p.d - d >= 64 ? ~__mmask64{0} : ((__mmask64{1} << (p.d - d)) - 1);
-    __m512i e[RV];  // table + 128 as unsigned bytes; masked-off lanes meet x = 0
+    for (int j = 0; j < MB; ++j)
+      for (int q = 0; q < S; ++q) acc[r][j][q] = _mm512_setzero_si512();
+  const int64_t d_main = p.d / (64 * S) * (64 * S);
+  for (int64_t d0 = 0; d0 < d_main; d0 += 64 * S) {  // full vectors, no masks
+    for (int q = 0; q < S; ++q) {
+      const int64_t d = d0 + 64 * q;
+      __m512i e[RV];  // table + 128 as unsigned bytes
+      for (int r = 0; r < RV; ++r) e[r] = _mm512_xor_si512(_mm512_loadu_si512(t + r * p.d + d), flip);
+      for (int j = 0; j < MB; ++j) {
+        const __m512i xv = _mm512_loadu_si512(x + j * p.d + d);
+        for (int r = 0; r < RV; ++r) acc[r][j][q] = _mm512_dpbusd_epi32(acc[r][j][q], e[r], xv);
+      }
+    }
+  }
+  for (int64_t d = d_main; d < p.d; d += 64) {  // the tail, masked: masked-off lanes meet x = 0
+    const int64_t left = std::min<int64_t>(64, p.d - d);
+    const __mmask64 k = left == 64 ? ~__mmask64{0} : ((__mmask64{1} << left) - 1);
+    __m512i e[RV];
     for (int r = 0; r < RV; ++r) e[r] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, t + r * p.d + d), flip);
     for (int j = 0; j < MB; ++j) {
       const __m512i xv = _mm512_maskz_loadu_epi8(k, x + j * p.d + d);
-      for (int r = 0; r < RV; ++r) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], e[r], xv);
+      for (int r = 0; r < RV; ++r) acc[r][j][0] = _mm512_dpbusd_epi32(acc[r][j][0], e[r], xv);
     }
   }
   int32_t* out = static_cast<int32_t*>(p.out);
-  for (int j = 0; j < MB; ++j)
-    for (int r = 0; r < RV; ++r)
-      out[(m0 + j) * p.v + v0 + r] = _mm512_reduce_add_epi32(acc[r][j]) - 128 * xsum[m0 + j];
+  for (int j = 0; j < MB; ++j) {
+    for (int r = 0; r < RV; ++r) {
+      __m512i total = acc[r][j][0];
+      for (int q = 1; q < S; ++q) total = _mm512_add_epi32(total, acc[r][j][q]);
+      out[(m0 + j) * p.v + v0 + r] = _mm512_reduce_add_epi32(total) - 128 * xsum[m0 + j];
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,10 +303,14 @@ void all_rows_of_x(const HeadProblem& p, int64_t v0, const int32_t* xsum) {
   for (; m0 < p.m; ++m0) K::template tile<RV, 1>(p, v0, m0, xsum);
 }
 
+// Four table rows per tile share each load of x when there are several rows of x; with few (decode)
+// the head is bound by memory and one row at a time streams faster (as in ternary_cpu.cc).
 template <typename K>
 void run_rows(const HeadProblem& p, int64_t v_begin, int64_t v_end, const int32_t* xsum) {
   int64_t v = v_begin;
-  for (; v + 4 <= v_end; v += 4) all_rows_of_x<K, 4>(p, v, xsum);
+  if (p.m >= 4) {
+    for (; v + 4 <= v_end; v += 4) all_rows_of_x<K, 4>(p, v, xsum);
+  }
   for (; v < v_end; ++v) all_rows_of_x<K, 1>(p, v, xsum);
 }
 

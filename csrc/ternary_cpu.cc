@@ -89,14 +89,18 @@ std::vector<uint8_t> pad_partial_group(const Problem& p, int64_t g) {
 // AVX-512 VNNI path: one zmm = one block of one group (16 rows x 4 k per unpacked plane).
 // ---------------------------------------------------------------------------------------------
 
-// RG groups (streams w[0..RG) with stride group_bytes) times MB rows of x starting at row m0.
+// RG groups (streams w[0..RG) with stride group_bytes) times MB rows of x starting at row m0. With
+// few rows of x, each output keeps S partial sums (one per plane i mod S) so that consecutive
+// vpdpbusd do not wait on each other; they are added at the end.
 template <int RG, int MB>
 BITNET_TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64_t group_bytes, int64_t n0,
-                               int64_t m0, int64_t valid_rows) {
+                                      int64_t m0, int64_t valid_rows) {
+  constexpr int S = MB == 1 ? 4 : (MB == 2 ? 2 : 1);
   const __m512i three = _mm512_set1_epi8(3);
-  __m512i acc[RG][MB];
+  __m512i acc[RG][MB][S];
   for (int r = 0; r < RG; ++r)
-    for (int j = 0; j < MB; ++j) acc[r][j] = _mm512_setzero_si512();
+    for (int j = 0; j < MB; ++j)
+      for (int t = 0; t < S; ++t) acc[r][j][t] = _mm512_setzero_si512();
   const int64_t nblocks = p.kp / kBlockK;
   const int8_t* x0 = p.x + m0 * p.kp;
   for (int64_t b = 0; b < nblocks; ++b) {
@@ -112,7 +116,7 @@ BITNET_TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64
       const int8_t* xb = x0 + j * p.kp + b * kBlockK;
       for (int i = 0; i < 4; ++i) {
         const __m512i xq = _mm512_set1_epi32(load_quad(xb + 4 * i));
-        for (int r = 0; r < RG; ++r) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], u[r][i], xq);
+        for (int r = 0; r < RG; ++r) acc[r][j][i % S] = _mm512_dpbusd_epi32(acc[r][j][i % S], u[r][i], xq);
       }
     }
   }
@@ -121,7 +125,9 @@ BITNET_TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64
     const __m512i s = _mm512_set1_epi32(p.xsum[m0 + j]);
     int32_t* o = p.out + (m0 + j) * p.n + n0;
     for (int r = 0; r < RG; ++r) {
-      const __m512i res = _mm512_sub_epi32(acc[r][j], s);
+      __m512i total = acc[r][j][0];
+      for (int t = 1; t < S; ++t) total = _mm512_add_epi32(total, acc[r][j][t]);
+      const __m512i res = _mm512_sub_epi32(total, s);
       if (valid_rows == kGroup) {
         _mm512_storeu_si512(o + r * kGroup, res);
       } else {
@@ -146,9 +152,11 @@ BITNET_TARGET_AVX512 void groups_avx512(const Problem& p, int64_t g_begin, int64
   const int64_t group_bytes = kGroup * p.kp / 4;
   const int64_t full_end = std::min(g_end, p.n / kGroup);
   int64_t g = g_begin;
-  constexpr int kRG = 2;
-  for (; g + kRG <= full_end; g += kRG) {
-    rows_avx512<kRG>(p, p.w + g * group_bytes, group_bytes, g * kGroup, kGroup);
+  // Two groups per tile share each broadcast of x, which pays off when there are many rows of x
+  // (prefill); with few rows (decode) the kernel is bound by memory, and one sequential stream at a
+  // time reads faster than two interleaved ones (measured: ~2.5x on Zen 5).
+  if (p.m >= 8) {
+    for (; g + 2 <= full_end; g += 2) rows_avx512<2>(p, p.w + g * group_bytes, group_bytes, g * kGroup, kGroup);
   }
   for (; g < full_end; ++g) rows_avx512<1>(p, p.w + g * group_bytes, group_bytes, g * kGroup, kGroup);
   if (g < g_end) {  // the partial last group
