@@ -50,6 +50,16 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps the loader's freed temporaries otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def load_average() -> list[float]:
     """The 1/5/15-minute load averages (the machine is shared: context for the numbers)."""
     return [round(v, 2) for v in os.getloadavg()]
@@ -204,6 +214,7 @@ def main() -> None:
         llama = None if args.no_llamacpp else llamacpp_runner(ckpt, prompt, args.decode_tokens, args.threads, Path(tmp))
         del ckpt
         gc.collect()
+        release_freed_memory()
         skipped = "--no-llamacpp" if args.no_llamacpp else (llama if isinstance(llama, str) else None)
         llama = None if isinstance(llama, str) else llama
 
@@ -212,6 +223,8 @@ def main() -> None:
         runner.decode_fn(params, jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32),
                          init_cache(config, 1, runner.cache_len))[0].block_until_ready()  # compiles decode
         compile_s = time.perf_counter() - t0
+        gc.collect()
+        release_freed_memory()  # the compiler's freed working memory
         rss_model = rss_bytes()
         results: dict[str, list[float]] = {"pp": [], "tg": [], "llama_pp": [], "llama_tg": []}
         for _ in range(args.repeats):  # interleaved, so both engines see the same machine load
