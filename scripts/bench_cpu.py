@@ -143,7 +143,7 @@ class LlamaCppRunner:
 
         self.llm = llama_cpp.Llama(
             model_path=str(gguf_path), n_threads=threads, n_threads_batch=threads, n_ctx=len(prompt) + decode_tokens + 8,
-            n_batch=len(prompt), logits_all=False, verbose=False,
+            n_batch=len(prompt), verbose=False,
         )
         self.prompt, self.n = [int(t) for t in prompt], decode_tokens
 
