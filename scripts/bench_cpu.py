@@ -187,6 +187,7 @@ def main() -> None:
     p.add_argument("--head", choices=("exact", "int8"), default="exact")
     p.add_argument("--table-dtype", default=None, help="exact head table dtype (default: the model's dtype)")
     p.add_argument("--kernel-backend", default=None, help="ternary-matmul backend (default: the dispatcher's)")
+    p.add_argument("--isa", default=None, help="force the CPU kernel's path: avx512vnni, avx2 or scalar")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=32)
@@ -197,6 +198,8 @@ def main() -> None:
 
     os.environ["BITNET_JAX_CPU_THREADS"] = str(args.threads)
     backend = pallas_kernels.resolve_backend(args.kernel_backend)
+    if args.isa:
+        pallas_kernels.cpu.set_isa(args.isa)
     rss_start = rss_bytes()
     load_before = load_average()
     if args.model:

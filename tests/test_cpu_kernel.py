@@ -13,7 +13,7 @@ import pallas_kernels
 from pallas_kernels import cpu
 from pallas_kernels.reference import ternary_matmul_reference
 
-pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="the CPU kernel extension is not built")
+needs_ext = pytest.mark.skipif(not cpu.AVAILABLE, reason="the CPU kernel extension is not built")
 
 # (M, N, K): odd N and K, partial row groups, K not a multiple of 16, M = 1 and M past the 8-row tile.
 SHAPES = [(1, 16, 16), (1, 7, 5), (3, 37, 50), (1, 2560, 640), (5, 64, 2560), (9, 100, 33), (130, 48, 96), (17, 33, 1)]
@@ -42,6 +42,7 @@ def threads(request, monkeypatch):
     return request.param
 
 
+@needs_ext
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_reference_in_jit(shape, isa, threads):
     m, n, k = shape
@@ -51,6 +52,7 @@ def test_matches_reference_in_jit(shape, isa, threads):
     np.testing.assert_array_equal(np.asarray(got), ternary_matmul_reference(x, w))
 
 
+@needs_ext
 def test_extreme_values_all_paths(isa):
     """All-(-128) activations against all-(+1)/(-1) weights: the largest magnitudes a row can reach."""
     k = 4000
@@ -61,12 +63,14 @@ def test_extreme_values_all_paths(isa):
     np.testing.assert_array_equal(got, ternary_matmul_reference(x, w))
 
 
+@needs_ext
 def test_large_m_prefill_shape():
     x, w = _random(128, 272, 2560, seed=7)
     got = jax.jit(cpu.ternary_matmul)(x, cpu.pack(w))
     np.testing.assert_array_equal(np.asarray(got), ternary_matmul_reference(x, w))
 
 
+@needs_ext
 def test_without_xla_thread_pool(tmp_path):
     """With XLA's multi-threaded Eigen pool disabled the kernel still runs (single-threaded) and is exact."""
     import subprocess
@@ -112,11 +116,13 @@ def test_pack_matches_layout_definition(shape):
     np.testing.assert_array_equal(cpu.unpack(expected, shape[1]), w)
 
 
+@needs_ext
 def test_wrong_packed_width_is_rejected():
     with pytest.raises(ValueError, match="tile16"):
         cpu.ternary_matmul(jnp.zeros((1, 40), jnp.int8), jnp.zeros((16, 8), jnp.uint8))
 
 
+@needs_ext
 def test_dispatcher_picks_cpu_and_xla_stays_forceable(monkeypatch):
     monkeypatch.delenv(pallas_kernels.ENV_VAR, raising=False)
     assert "cpu" in pallas_kernels.BACKENDS
@@ -130,3 +136,31 @@ def test_dispatcher_picks_cpu_and_xla_stays_forceable(monkeypatch):
         np.testing.assert_array_equal(np.asarray(got), ternary_matmul_reference(x, w))
     rows4 = pallas_kernels.pack_rows4(w)
     np.testing.assert_array_equal(pallas_kernels.repack_rows4(rows4, "cpu"), cpu.pack(w))
+
+
+def test_missing_extension_warns_and_falls_back_to_xla():
+    """Without the compiled extension: a RuntimeWarning naming it, and the dispatcher picks xla on CPU."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['pallas_kernels._ternary_cpu'] = None  # makes the import fail like an unbuilt tree\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import pallas_kernels\n"
+        "assert any('_ternary_cpu' in str(w.message) for w in caught), [str(w.message) for w in caught]\n"
+        "assert not pallas_kernels.cpu.AVAILABLE\n"
+        "assert pallas_kernels.resolve_backend(platform='cpu') == 'xla'\n"
+        "try:\n"
+        "    pallas_kernels.cpu.ternary_matmul(None, None)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'not built' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('expected a RuntimeError')\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop(pallas_kernels.ENV_VAR, None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
