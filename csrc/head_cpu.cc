@@ -209,24 +209,31 @@ BITNET_TARGET_AVX2 inline int32_t hsum256i(__m256i v) {
 
 template <typename T, int RV, int MB>
 BITNET_TARGET_AVX2 void float_tile_avx2(const HeadProblem& p, int64_t v0, int64_t m0, const int32_t*) {
+  constexpr int S = RV * MB >= 4 ? 1 : 4 / (RV * MB);
   const float* x = static_cast<const float*>(p.x) + m0 * p.d;
   const T* t = static_cast<const T*>(p.table) + v0 * p.d;
-  __m256 acc[RV][MB];
+  __m256 acc[RV][MB][S];
   for (int r = 0; r < RV; ++r)
-    for (int j = 0; j < MB; ++j) acc[r][j] = _mm256_setzero_ps();
-  const int64_t d_main = p.d / 8 * 8;
-  for (int64_t d = 0; d < d_main; d += 8) {
-    __m256 e[RV];
-    for (int r = 0; r < RV; ++r) e[r] = load8(t + r * p.d + d);
-    for (int j = 0; j < MB; ++j) {
-      const __m256 xv = _mm256_loadu_ps(x + j * p.d + d);
-      for (int r = 0; r < RV; ++r) acc[r][j] = _mm256_fmadd_ps(e[r], xv, acc[r][j]);
+    for (int j = 0; j < MB; ++j)
+      for (int q = 0; q < S; ++q) acc[r][j][q] = _mm256_setzero_ps();
+  const int64_t d_main = p.d / (8 * S) * (8 * S);
+  for (int64_t d0 = 0; d0 < d_main; d0 += 8 * S) {
+    for (int q = 0; q < S; ++q) {
+      const int64_t d = d0 + 8 * q;
+      __m256 e[RV];
+      for (int r = 0; r < RV; ++r) e[r] = load8(t + r * p.d + d);
+      for (int j = 0; j < MB; ++j) {
+        const __m256 xv = _mm256_loadu_ps(x + j * p.d + d);
+        for (int r = 0; r < RV; ++r) acc[r][j][q] = _mm256_fmadd_ps(e[r], xv, acc[r][j][q]);
+      }
     }
   }
   float* out = static_cast<float*>(p.out);
   for (int j = 0; j < MB; ++j) {
     for (int r = 0; r < RV; ++r) {
-      float s = hsum256(acc[r][j]);
+      __m256 total = acc[r][j][0];
+      for (int q = 1; q < S; ++q) total = _mm256_add_ps(total, acc[r][j][q]);
+      float s = hsum256(total);
       for (int64_t d = d_main; d < p.d; ++d) s += to_f32(t[r * p.d + d]) * x[j * p.d + d];
       out[(m0 + j) * p.v + v0 + r] = s;
     }
