@@ -87,15 +87,21 @@ def test_project_exact_matches_einsum(backend):
     np.testing.assert_allclose(np.asarray(got), np.einsum("btd,vd->btv", x.astype(np.float64), t), rtol=1e-5, atol=1e-5)
 
 
-def test_model_with_int8_head_runs_and_stays_close(tiny_model):
-    """The int8 head changes logits by quantization noise only; the tied embedding lookup uses it too."""
+@pytest.mark.parametrize("preset", ["tiny", "tiny-untied"])
+def test_model_with_int8_head_runs_and_stays_close(preset):
+    """The int8 head changes logits by quantization noise only (tied: the embedding lookup uses it too)."""
+    from conftest import random_model
+
     from bitnet_jax.generate import forward
 
+    model = random_model(preset)
     tokens = np.arange(1, 17, dtype=np.int32)[None, :]
-    exact = np.asarray(forward(tiny_model, tokens))
-    params = head_lib.quantize_head_params(tiny_model.params, tiny_model.config.tie_word_embeddings)
-    assert params["embed_tokens"].dtype == jnp.int8
-    quantized = np.asarray(forward(tiny_model.__class__(tiny_model.config, params), tokens))
+    exact = np.asarray(forward(model, tokens))
+    params = head_lib.quantize_head_params(model.params, model.config.tie_word_embeddings)
+    table = "embed_tokens" if model.config.tie_word_embeddings else "lm_head"
+    assert params[table].dtype == jnp.int8
+    assert ("embed_scales" in params) == model.config.tie_word_embeddings
+    quantized = np.asarray(forward(model.__class__(model.config, params), tokens))
     assert quantized.shape == exact.shape
     rel = np.abs(quantized - exact).max() / np.abs(exact).max()
     assert 0 < rel < 0.05
