@@ -5,6 +5,7 @@ from bitnet_jax.errors import BitNetError, CheckpointError, ConfigError
 from bitnet_jax.generate import GenerationError, forward, generate, generate_stream
 from bitnet_jax.loading import BitNetModel, from_pretrained, read_checkpoint
 from bitnet_jax.sampling import SamplingError
+from bitnet_jax.sharding import MeshConfig, make_mesh, shard
 
 __version__ = "0.1.0"
 
@@ -14,11 +15,14 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "GenerationError",
+    "MeshConfig",
     "ModelConfig",
     "SamplingError",
     "forward",
     "from_pretrained",
     "generate",
     "generate_stream",
+    "make_mesh",
     "read_checkpoint",
+    "shard",
 ]
