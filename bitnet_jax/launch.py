@@ -30,13 +30,13 @@ def free_port() -> int:
 
 
 def _describe(code: int) -> str:
+    if code in (134, -signal.SIGABRT):
+        return f"aborted (status {code}, SIGABRT: JAX's coordination service lost or never reached a peer)"
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"was killed by signal {-code}"
-    if code == 134:
-        return "aborted (exit 134, SIGABRT: JAX's coordination service lost or never reached a peer)"
     return f"exited with status {code}"
 
 
