@@ -53,7 +53,8 @@ def test_rules_map_roles_to_axes():
 
     module = Transformer(ModelConfig.preset("tiny"), packed=True)
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
-    specs = param_specs(shapes, make_mesh())
+    mesh = make_mesh()
+    specs = param_specs(shapes, mesh)
     layer = specs["layers_0"]
     assert layer["self_attn"]["q_proj"]["weight_packed"] == PartitionSpec(None, "tensor")
     assert layer["mlp"]["down_proj"]["weight_packed"] == PartitionSpec(None, "tensor")
