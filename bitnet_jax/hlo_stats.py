@@ -59,11 +59,25 @@ def summary(colls: list[Collective]) -> dict[str, dict[str, int]]:
 
 
 # Inside a ternary linear only its activation math may communicate: the integer partial sums
-# (dot_general) and the activation absmax (reduce_max). Anything else there reshards the weights.
+# (dot_general), the activation absmax (reduce_max), the int8 activations themselves (reshape, or a
+# sharding constraint on s8), and the packed uint8 codes when a sharding constraint gathers them.
+# Anything else there (unpacking ops, int32/float codes) reshards unpacked weights.
 _LINEAR_SCOPE = re.compile(r"(?:^|/)([a-z]+_proj)/([A-Za-z_]+)")
-ACTIVATION_OPS = frozenset({"dot_general", "reduce_max"})
+ACTIVATION_OPS = frozenset({"dot_general", "reduce_max", "reshape"})
+CONSTRAINED_DTYPES = frozenset({"u8", "s8"})
 
 
 def moves_weights(c: Collective) -> bool:
-    """True when a collective comes from a ternary linear's weight handling (unpacking, resharding)."""
-    return any(op not in ACTIVATION_OPS for _, op in _LINEAR_SCOPE.findall(c.op_name))
+    """True when a collective inside a ternary linear carries its weights in any form but packed uint8."""
+    for _, op in _LINEAR_SCOPE.findall(c.op_name):
+        if op == "sharding_constraint":
+            if not c.dtypes <= CONSTRAINED_DTYPES:
+                return True
+        elif op not in ACTIVATION_OPS:
+            return True
+    return False
+
+
+def gathers_packed_weights(c: Collective) -> bool:
+    """True for an all-gather of 2-bit codes (uint8) inside a ternary linear."""
+    return c.kind == "all-gather" and c.dtypes == {"u8"} and bool(_LINEAR_SCOPE.search(c.op_name))

@@ -4,7 +4,8 @@ and the table that maps every parameter (by its path) to those axes.
 Axes:
 
 * ``data``   -- batch split (replicated parameters);
-* ``fsdp``   -- parameter storage split for training (gathered at use); unused by packed inference weights;
+* ``fsdp``   -- parameter storage split (gathered at use; packed codes are gathered as uint8 by the
+  :func:`matmul_operands` hook, which the ternary linear calls inside a ``jax.set_mesh`` context);
 * ``tensor`` -- tensor parallelism: each device holds a slice of every ternary weight, the embedding and
   head, and of the KV cache.
 
@@ -40,8 +41,9 @@ AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
 # Parameter role -> PartitionSpec entries, first matching pattern wins. Paths are "/"-joined Flax names,
 # e.g. "layers_0/self_attn/q_proj/weight_packed". An entry is a mesh axis name or None per array axis.
 PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    # packed ternary codes uint8 [N/4, K]: input columns across `tensor` (see the module docstring)
-    (r"_proj/weight_packed$", (None, "tensor")),
+    # packed ternary codes uint8 [N/4, K]: input columns across `tensor` (see the module docstring);
+    # rows across `fsdp` for storage only -- gathered (as uint8) before use by `matmul_operands`
+    (r"_proj/weight_packed$", ("fsdp", "tensor")),
     # per-tensor dequantization scales (scalars)
     (r"_proj/weight_scale$", ()),
     # latent float weights [out, in] (training form): same column split, rows across `fsdp`
@@ -187,6 +189,31 @@ def shard(model: Any, mesh: Mesh, rules=PARAM_RULES) -> Any:
     """
     params = place(model.params, param_shardings(model.params, mesh, rules))
     return dataclasses.replace(model, params=params)
+
+
+def _active_mesh() -> Any:
+    """The mesh of the enclosing ``jax.set_mesh`` context, or None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or not set(AXES) <= set(mesh.axis_names):
+        return None
+    return mesh
+
+
+def matmul_operands(x: jax.Array, packed: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Hook for a ternary linear: pin its operands' layout; a no-op outside a ``jax.set_mesh`` context.
+
+    ``packed`` (uint8 ``[N/4, K]``) is constrained to ``P(None, "tensor")``: stored split over ``fsdp``
+    too, it is all-gathered *as 2-bit codes* before unpacking (XLA otherwise reshards the unpacked int32
+    codes, 16x the bytes). ``x [M, K]`` is pinned to the same column split, rows over the batch axes.
+    """
+    mesh = _active_mesh()
+    if mesh is None or math.prod(mesh.shape[a] for a in AXES) == 1:
+        return x, packed
+    batch = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
+    rows = batch if batch and x.shape[0] % math.prod(mesh.shape[a] for a in batch) == 0 else None
+    packed = jax.lax.with_sharding_constraint(packed, PartitionSpec(None, "tensor"))
+    x = jax.lax.with_sharding_constraint(x, PartitionSpec(rows, "tensor"))
+    return x, packed
 
 
 def device_bytes(tree: Any) -> dict[Any, int]:

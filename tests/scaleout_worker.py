@@ -79,10 +79,11 @@ def compiled_texts(model, one_token: bool = True) -> dict[str, str]:
 
 
 def describe(text: str) -> list[dict]:
-    from bitnet_jax.hlo_stats import collectives, moves_weights
+    from bitnet_jax.hlo_stats import collectives, gathers_packed_weights, moves_weights
 
     return [
-        {"kind": c.kind, "dtypes": sorted(c.dtypes), "bytes": c.nbytes, "op": c.op_name, "weights": moves_weights(c)}
+        {"kind": c.kind, "dtypes": sorted(c.dtypes), "bytes": c.nbytes, "op": c.op_name, "weights": moves_weights(c),
+         "packed": gathers_packed_weights(c)}
         for c in collectives(text)
     ]
 
@@ -144,7 +145,45 @@ def checks() -> dict:
 
     text = gen._forward.lower(rows.params, jnp.zeros((1, 1), jnp.int32), gen._module(rows)).compile().as_text()
     res["rows_split_collectives"] = describe(text)
+    res.update(fsdp_hook_checks(model, ref_logits, ref_tokens))
     return res
+
+
+def fsdp_hook_checks(model, ref_logits, ref_tokens) -> dict:
+    """Packed weights stored over ``fsdp`` x ``tensor``, gathered by the :func:`matmul_operands` hook.
+
+    The ternary linear does not call the hook yet; this wraps the kernel entry point the way the
+    proposed one-line change in ``BitLinear`` would (``x, w = sharding.matmul_operands(x, w)``).
+    """
+    import jax
+    import numpy as np
+
+    import pallas_kernels
+    from bitnet_jax import MeshConfig, forward, generate, make_mesh, shard
+    from bitnet_jax.sharding import matmul_operands
+
+    kernel = pallas_kernels.ternary_matmul
+
+    def hooked(x, packed, **kw):
+        x, packed = matmul_operands(x, packed)
+        return kernel(x, packed, **kw)
+
+    pallas_kernels.ternary_matmul = hooked
+    try:
+        mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+        sharded = shard(model, mesh)
+        with jax.set_mesh(mesh):
+            logits = np.asarray(forward(sharded, tokens_array()))
+            toks = [t.tolist() for t in generate(sharded, PROMPTS, max_new_tokens=NEW_TOKENS, stop_tokens=())]
+            texts = compiled_texts(sharded)
+    finally:
+        pallas_kernels.ternary_matmul = kernel
+    return {
+        "fsdp_logits_max_abs_diff": float(np.abs(logits - ref_logits).max()),
+        "fsdp_tokens": toks,
+        "fsdp_forward_collectives": describe(texts["forward"]),
+        "fsdp_generate_collectives": describe(texts["generate"]),
+    }
 
 
 def logits(out: str) -> None:

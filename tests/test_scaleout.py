@@ -71,7 +71,8 @@ def test_compiled_programs_never_move_weights(report):
         assert colls, f"{key}: a sharded program must communicate"
         assert not [c for c in colls if c["weights"]], key
         assert not [c for c in colls if c["kind"] == "all-to-all"], key
-        # all-gathers carry uint8 codes or come from outside the ternary linears (logits, sampling)
+        assert not [c for c in colls if c["packed"]], key  # tensor-only: nothing to gather
+        # all-gathers come from outside the ternary linears (logits, sampling)
         for c in colls:
             if c["kind"] == "all-gather" and c["dtypes"] != ["u8"]:
                 assert "_proj/" not in c["op"], c
@@ -153,3 +154,20 @@ def test_dead_peer_without_launcher_aborts_survivor_within_heartbeat_timeout():
     assert codes[1] == 7
     assert codes[0] not in (0, 124), codes  # aborted by JAX, not by the outer `timeout`
     assert time.monotonic() - start < 45
+
+
+def test_fsdp_stored_weights_are_gathered_packed(report):
+    # packed weights stored over fsdp=2 x tensor=2 (data=2), gathered by the matmul_operands hook
+    assert report["fsdp_logits_max_abs_diff"] <= REL_TOL * report["logits_max_abs"]
+    assert report["fsdp_tokens"] == report["tokens_ref"]
+    for key in ("fsdp_forward_collectives", "fsdp_generate_collectives"):
+        colls = report[key]
+        assert not [c for c in colls if c["weights"]], key
+        packed = [c for c in colls if c["packed"]]
+        assert packed, key
+        # every all-gather inside a ternary linear carries uint8 codes or int8 activations, never floats
+        for c in colls:
+            if c["kind"] == "all-gather" and "_proj/" in c["op"]:
+                assert set(c["dtypes"]) <= {"u8", "s8"}, c
+    forward_packed = [c for c in report["fsdp_forward_collectives"] if c["packed"]]
+    assert len(forward_packed) == 7 * 2  # every ternary linear of both layers, once

@@ -114,3 +114,23 @@ def test_launcher_runs_and_reports_failures():
         launch([sys.executable, "-c", code], 2)
     with pytest.raises(DistributedError, match=r"exceeded its 0.5 s timeout; processes \[0\]"):
         launch([sys.executable, "-c", "import time; time.sleep(30)"], 1, timeout=0.5)
+
+
+def test_matmul_operands_hook_is_a_noop_without_a_mesh():
+    import jax.numpy as jnp
+
+    from bitnet_jax.sharding import matmul_operands
+
+    x, w = jnp.ones((2, 8), jnp.int8), jnp.ones((4, 8), jnp.uint8)
+    assert matmul_operands(x, w) == (x, w)
+    with jax.set_mesh(make_mesh()):  # a 1-device mesh: nothing to constrain either
+        assert matmul_operands(x, w) == (x, w)
+
+
+def test_example_mesh_configs_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parent.parent / "configs" / "mesh").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert isinstance(MeshConfig.from_yaml(path), MeshConfig)
