@@ -56,8 +56,8 @@ def test_rules_map_roles_to_axes():
     mesh = make_mesh()
     specs = param_specs(shapes, mesh)
     layer = specs["layers_0"]
-    assert layer["self_attn"]["q_proj"]["weight_packed"] == PartitionSpec(None, "tensor")
-    assert layer["mlp"]["down_proj"]["weight_packed"] == PartitionSpec(None, "tensor")
+    assert layer["self_attn"]["q_proj"]["weight_packed"] == PartitionSpec("fsdp", "tensor")
+    assert layer["mlp"]["down_proj"]["weight_packed"] == PartitionSpec("fsdp", "tensor")
     assert layer["self_attn"]["q_proj"]["weight_scale"] == PartitionSpec()
     assert layer["input_layernorm"]["weight"] == PartitionSpec(None)
     assert specs["embed_tokens"] == PartitionSpec("tensor", "fsdp")
