@@ -59,18 +59,20 @@ def summary(colls: list[Collective]) -> dict[str, dict[str, int]]:
 
 
 # Inside a ternary linear only its activation math may communicate: the integer partial sums
-# (dot_general), the activation absmax (reduce_max), the int8 activations themselves (reshape, or a
-# sharding constraint on s8), and the packed uint8 codes when a sharding constraint gathers them.
+# (dot_general, or psum in a shard_map), the activation absmax (reduce_max), the int8 activations
+# themselves, and the packed uint8 codes when a shard_map boundary or sharding constraint gathers them.
 # Anything else there (unpacking ops, int32/float codes) reshards unpacked weights.
-_LINEAR_SCOPE = re.compile(r"(?:^|/)([a-z]+_proj)/([A-Za-z_]+)")
-ACTIVATION_OPS = frozenset({"dot_general", "reduce_max", "reshape"})
+_LINEAR_SCOPE = re.compile(r"(?:^|/|\()([a-z]+_proj)/([A-Za-z_/]+)")
+ACTIVATION_OPS = frozenset({"dot_general", "reduce_max", "reshape", "psum", "psum_invariant"})
+BOUNDARY_OPS = frozenset({"sharding_constraint", "shard_map"})
 CONSTRAINED_DTYPES = frozenset({"u8", "s8"})
 
 
 def moves_weights(c: Collective) -> bool:
     """True when a collective inside a ternary linear carries its weights in any form but packed uint8."""
-    for _, op in _LINEAR_SCOPE.findall(c.op_name):
-        if op == "sharding_constraint":
+    for _, path in _LINEAR_SCOPE.findall(c.op_name):
+        op = path.rstrip("/").rsplit("/", 1)[-1]  # the innermost operation, e.g. shard_map/psum -> psum
+        if op in BOUNDARY_OPS:
             if not c.dtypes <= CONSTRAINED_DTYPES:
                 return True
         elif op not in ACTIVATION_OPS:

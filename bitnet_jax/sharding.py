@@ -4,8 +4,8 @@ and the table that maps every parameter (by its path) to those axes.
 Axes:
 
 * ``data``   -- batch split (replicated parameters);
-* ``fsdp``   -- parameter storage split (gathered at use; packed codes are gathered as uint8 by the
-  :func:`matmul_operands` hook, which the ternary linear calls inside a ``jax.set_mesh`` context);
+* ``fsdp``   -- parameter storage split (gathered at use; packed codes are gathered as uint8 by
+  :func:`ternary_matmul`, the mesh-aware kernel call, inside a ``jax.set_mesh`` context);
 * ``tensor`` -- tensor parallelism: each device holds a slice of every ternary weight, the embedding and
   head, and of the KV cache.
 
@@ -27,7 +27,7 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -42,7 +42,7 @@ AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
 # e.g. "layers_0/self_attn/q_proj/weight_packed". An entry is a mesh axis name or None per array axis.
 PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     # packed ternary codes uint8 [N/4, K]: input columns across `tensor` (see the module docstring);
-    # rows across `fsdp` for storage only -- gathered (as uint8) before use by `matmul_operands`
+    # rows across `fsdp` for storage only -- gathered (as uint8) before use by `ternary_matmul`
     (r"_proj/weight_packed$", ("fsdp", "tensor")),
     # per-tensor dequantization scales (scalars)
     (r"_proj/weight_scale$", ()),
@@ -199,21 +199,32 @@ def _active_mesh() -> Any:
     return mesh
 
 
-def matmul_operands(x: jax.Array, packed: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Hook for a ternary linear: pin its operands' layout; a no-op outside a ``jax.set_mesh`` context.
+def ternary_matmul(
+    x: jax.Array, packed: jax.Array, *, backend: str | None = None, kernel: Callable[..., jax.Array] | None = None
+) -> jax.Array:
+    """The ternary linear's kernel call, made mesh-aware; a plain call outside a ``jax.set_mesh`` context.
 
-    ``packed`` (uint8 ``[N/4, K]``) is constrained to ``P(None, "tensor")``: stored split over ``fsdp``
-    too, it is all-gathered *as 2-bit codes* before unpacking (XLA otherwise reshards the unpacked int32
-    codes, 16x the bytes). ``x [M, K]`` is pinned to the same column split, rows over the batch axes.
+    Inside a mesh context it runs ``kernel`` (default :func:`pallas_kernels.ternary_matmul`) per device
+    with ``jax.shard_map``: int8 ``x [M, K]`` and the codes ``[N/4, K]`` split by input columns over
+    ``tensor`` (rows of ``x`` over the batch axes), and the exact int32 partial products summed with
+    ``psum``. Codes stored split over ``fsdp`` are all-gathered at the boundary *as uint8*. Works for
+    every backend, including Pallas kernels, which XLA's partitioner cannot split by itself.
     """
+    if kernel is None:
+        import pallas_kernels
+
+        kernel = pallas_kernels.ternary_matmul
     mesh = _active_mesh()
     if mesh is None or math.prod(mesh.shape[a] for a in AXES) == 1:
-        return x, packed
+        return kernel(x, packed, backend=backend)
     batch = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
     rows = batch if batch and x.shape[0] % math.prod(mesh.shape[a] for a in batch) == 0 else None
-    packed = jax.lax.with_sharding_constraint(packed, PartitionSpec(None, "tensor"))
-    x = jax.lax.with_sharding_constraint(x, PartitionSpec(rows, "tensor"))
-    return x, packed
+
+    def local(x_shard, packed_shard):
+        return jax.lax.psum(kernel(x_shard, packed_shard, backend=backend), "tensor")
+
+    specs = (PartitionSpec(rows, "tensor"), PartitionSpec(None, "tensor"))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(rows, None))(x, packed)
 
 
 def device_bytes(tree: Any) -> dict[Any, int]:

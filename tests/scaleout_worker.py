@@ -150,23 +150,22 @@ def checks() -> dict:
 
 
 def fsdp_hook_checks(model, ref_logits, ref_tokens) -> dict:
-    """Packed weights stored over ``fsdp`` x ``tensor``, gathered by the :func:`matmul_operands` hook.
+    """Packed weights stored over ``fsdp`` x ``tensor``, multiplied through :func:`sharding.ternary_matmul`.
 
-    The ternary linear does not call the hook yet; this wraps the kernel entry point the way the
-    proposed one-line change in ``BitLinear`` would (``x, w = sharding.matmul_operands(x, w)``).
+    ``BitLinear`` does not call it yet; this swaps the kernel entry point the way the proposed
+    one-line change in ``BitLinear`` would (``sharding.ternary_matmul`` instead of the kernel).
     """
     import jax
     import numpy as np
 
     import pallas_kernels
     from bitnet_jax import MeshConfig, forward, generate, make_mesh, shard
-    from bitnet_jax.sharding import matmul_operands
+    from bitnet_jax.sharding import ternary_matmul
 
     kernel = pallas_kernels.ternary_matmul
 
     def hooked(x, packed, **kw):
-        x, packed = matmul_operands(x, packed)
-        return kernel(x, packed, **kw)
+        return ternary_matmul(x, packed, kernel=kernel, **kw)
 
     pallas_kernels.ternary_matmul = hooked
     try:

@@ -157,7 +157,7 @@ def test_dead_peer_without_launcher_aborts_survivor_within_heartbeat_timeout():
 
 
 def test_fsdp_stored_weights_are_gathered_packed(report):
-    # packed weights stored over fsdp=2 x tensor=2 (data=2), gathered by the matmul_operands hook
+    # packed weights stored over fsdp=2 x tensor=2 (data=2), multiplied through sharding.ternary_matmul
     assert report["fsdp_logits_max_abs_diff"] <= REL_TOL * report["logits_max_abs"]
     assert report["fsdp_tokens"] == report["tokens_ref"]
     for key in ("fsdp_forward_collectives", "fsdp_generate_collectives"):

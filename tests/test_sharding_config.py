@@ -116,15 +116,30 @@ def test_launcher_runs_and_reports_failures():
         launch([sys.executable, "-c", "import time; time.sleep(30)"], 1, timeout=0.5)
 
 
-def test_matmul_operands_hook_is_a_noop_without_a_mesh():
+def test_ternary_matmul_hook_is_a_plain_call_without_a_mesh():
     import jax.numpy as jnp
+    import numpy as np
 
-    from bitnet_jax.sharding import matmul_operands
+    from bitnet_jax.sharding import ternary_matmul
+    from pallas_kernels.layout import pack_rows4
 
-    x, w = jnp.ones((2, 8), jnp.int8), jnp.ones((4, 8), jnp.uint8)
-    assert matmul_operands(x, w) == (x, w)
-    with jax.set_mesh(make_mesh()):  # a 1-device mesh: nothing to constrain either
-        assert matmul_operands(x, w) == (x, w)
+    rng = np.random.default_rng(0)
+    w = rng.integers(-1, 2, (8, 16)).astype(np.int8)
+    x = rng.integers(-128, 128, (3, 16)).astype(np.int8)
+    expected = x.astype(np.int64) @ w.T.astype(np.int64)
+    calls = []
+
+    def kernel(a, p, backend=None):
+        calls.append(backend)
+        from pallas_kernels import ternary_matmul as k
+
+        return k(a, p, backend=backend)
+
+    packed = jnp.asarray(pack_rows4(w))
+    np.testing.assert_array_equal(ternary_matmul(jnp.asarray(x), packed, kernel=kernel), expected)
+    with jax.set_mesh(make_mesh()):  # a 1-device mesh: still a plain call
+        np.testing.assert_array_equal(ternary_matmul(jnp.asarray(x), packed, kernel=kernel, backend="xla"), expected)
+    assert calls == [None, "xla"]
 
 
 def test_example_mesh_configs_load():
@@ -134,3 +149,25 @@ def test_example_mesh_configs_load():
     assert files
     for path in files:
         assert isinstance(MeshConfig.from_yaml(path), MeshConfig)
+
+
+HLO = """
+  %all-to-all.53 = (s32[4,1,32]{2,1,0}, s32[4,1,32]{2,1,0}) all-to-all(%a, %b), channel_id=6, metadata={op_name="jit(_forward)/Transformer/layers_0/self_attn/q_proj/concatenate" stack_frame_id=1}
+  %all-gather = f32[2,8,128]{1,0,2} all-gather(%m), channel_id=42, dimensions={2}, metadata={op_name="jit(_forward)/Transformer/btd,vd->btv/dot_general" stack_frame_id=264}
+  %all-gather.1 = u8[16,64]{1,0} all-gather(%p), channel_id=43, dimensions={0}, metadata={op_name="jit(_forward)/Transformer/layers_0/mlp/up_proj/shard_map" stack_frame_id=2}
+  %all-reduce.2 = s32[2,64]{1,0} all-reduce(%q), channel_id=44, to_apply=%add, metadata={op_name="jit(_forward)/Transformer/layers_0/mlp/down_proj/shard_map/psum_invariant"}
+  %all-reduce.3 = (f32[2,64]{1,0}, f32[2,32]{1,0}) all-reduce(%r, %s), channel_id=45, metadata={op_name="jit(_forward)/Transformer/layers_0/self_attn/(v_proj/dot_general:k_proj/dot_general)"}
+  %add.1 = f32[2]{0} add(%x, %y)
+"""
+
+
+def test_hlo_collectives_and_weight_traffic_classification():
+    from bitnet_jax.hlo_stats import collectives, gathers_packed_weights, moves_weights, summary
+
+    colls = collectives(HLO)
+    assert [c.kind for c in colls] == ["all-to-all", "all-gather", "all-gather", "all-reduce", "all-reduce"]
+    assert colls[0].nbytes == 2 * 4 * 4 * 32 and colls[0].dtypes == {"s32"}
+    assert colls[2].nbytes == 16 * 64 and colls[4].nbytes == 4 * (128 + 64)
+    assert [moves_weights(c) for c in colls] == [True, False, False, False, False]
+    assert [gathers_packed_weights(c) for c in colls] == [False, False, True, False, False]
+    assert summary(colls)["all-reduce"] == {"count": 2, "bytes": 512 + 768}
