@@ -59,14 +59,15 @@ def tokens_array():
     return np.random.default_rng(7).integers(0, 512, (2, 12)).astype(np.int32)
 
 
-def compiled_texts(model, one_token: bool = True) -> dict[str, str]:
-    """HLO text of the compiled forward (one token) and of the whole generation loop."""
+def compiled_texts(model, generate_only: bool = False) -> dict:
+    """HLO text of the compiled one-token forward and of the whole generation loop."""
     import jax.numpy as jnp
 
     gen = importlib.import_module("bitnet_jax.generate")  # the module, not the function of that name
     module = gen._module(model)
-    toks = jnp.zeros((1, 1) if one_token else (2, 12), jnp.int32)
-    out = {"forward": gen._forward.lower(model.params, toks, module).compile().as_text()}
+    out = {}
+    if not generate_only:
+        out["forward"] = gen._forward.lower(model.params, jnp.zeros((1, 1), jnp.int32), module).compile().as_text()
     prep = gen._prepare(model, PROMPTS, NEW_TOKENS, 0.0, None, None, 0, ())
     out["generate"] = (
         gen._generate_loop.lower(
@@ -146,7 +147,33 @@ def checks() -> dict:
     text = gen._forward.lower(rows.params, jnp.zeros((1, 1), jnp.int32), gen._module(rows)).compile().as_text()
     res["rows_split_collectives"] = describe(text)
     res.update(fsdp_hook_checks(model, ref_logits, ref_tokens))
+    res["real_shape_collectives"], res["real_shape_cache"] = real_shape_generate()
     return res
+
+
+def real_shape_generate() -> tuple[list[dict], list[str]]:
+    """Compile (not run) generation for one 2B4T-shaped layer (vocabulary cut to 8192) on tensor=8."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    from bitnet_jax import BitNetModel, MeshConfig, ModelConfig, make_mesh
+    from bitnet_jax.model import Transformer
+    from bitnet_jax.sharding import param_specs
+
+    config = ModelConfig().replace(num_hidden_layers=1, vocab_size=8192, max_position_embeddings=256)
+    module = Transformer(config, packed=True)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+    mesh = make_mesh(MeshConfig(tensor=8))
+    params = jax.tree_util.tree_map(
+        lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, p)),
+        shapes,
+        param_specs(shapes, mesh),
+    )
+    texts = compiled_texts(BitNetModel(config, params), generate_only=True)
+    text = texts["generate"]
+    cache = re.findall(r"f32\[%d,%d,\d+,%d\]" % (len(PROMPTS), texts["cache_len"], config.head_size), text)
+    return describe(text), sorted(set(cache))
 
 
 def fsdp_hook_checks(model, ref_logits, ref_tokens) -> dict:

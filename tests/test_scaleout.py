@@ -171,3 +171,11 @@ def test_fsdp_stored_weights_are_gathered_packed(report):
                 assert set(c["dtypes"]) <= {"u8", "s8"}, c
     forward_packed = [c for c in report["fsdp_forward_collectives"] if c["packed"]]
     assert len(forward_packed) == 7 * 2  # every ternary linear of both layers, once
+
+
+def test_real_2b4t_layer_shapes_move_no_weights(report):
+    # hidden 2560, intermediate 6912, 20 heads / 5 KV heads of 128 on tensor=8 (compiled, not run)
+    colls = report["real_shape_collectives"]
+    assert colls and not [c for c in colls if c["weights"] or c["kind"] == "all-to-all"]
+    # 5 KV heads do not split over 8 devices: the cache stays whole on each device (see docs/scaling.md)
+    assert all(",5,128]" in shape for shape in report["real_shape_cache"]), report["real_shape_cache"]
