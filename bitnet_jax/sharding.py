@@ -40,7 +40,9 @@ AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
 
 # Parameter role -> PartitionSpec entries, first matching pattern wins. Paths are "/"-joined Flax names,
 # e.g. "layers_0/self_attn/q_proj/weight_packed". An entry is a mesh axis name or None per array axis.
-PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+Rules = tuple[tuple[str, tuple[str | None, ...]], ...]
+
+PARAM_RULES: Rules = (
     # packed ternary codes uint8 [N/4, K]: input columns across `tensor` (see the module docstring);
     # rows across `fsdp` for storage only -- gathered (as uint8) before use by `ternary_matmul`
     (r"_proj/weight_packed$", ("fsdp", "tensor")),
@@ -143,7 +145,7 @@ def path_name(path: Sequence[Any]) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def spec_for(name: str, shape: Sequence[int], mesh: Mesh, rules=PARAM_RULES) -> PartitionSpec:
+def spec_for(name: str, shape: Sequence[int], mesh: Mesh, rules: Rules = PARAM_RULES) -> PartitionSpec:
     """The PartitionSpec of one parameter, from the first rule whose pattern matches ``name``."""
     for pattern, axes in rules:
         if re.search(pattern, name):
@@ -161,12 +163,12 @@ def spec_for(name: str, shape: Sequence[int], mesh: Mesh, rules=PARAM_RULES) -> 
     return PartitionSpec(*axes)
 
 
-def param_specs(params: Any, mesh: Mesh, rules=PARAM_RULES) -> Any:
+def param_specs(params: Any, mesh: Mesh, rules: Rules = PARAM_RULES) -> Any:
     """A pytree of PartitionSpecs mirroring ``params`` (arrays or ShapeDtypeStructs)."""
     return jax.tree_util.tree_map_with_path(lambda p, x: spec_for(path_name(p), np.shape(x), mesh, rules), params)
 
 
-def param_shardings(params: Any, mesh: Mesh, rules=PARAM_RULES) -> Any:
+def param_shardings(params: Any, mesh: Mesh, rules: Rules = PARAM_RULES) -> Any:
     """A pytree of NamedShardings mirroring ``params``."""
     return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), param_specs(params, mesh, rules))
 
@@ -181,7 +183,7 @@ def place(tree: Any, shardings: Any) -> Any:
     return jax.tree_util.tree_map(one, tree, shardings)
 
 
-def shard(model: Any, mesh: Mesh, rules=PARAM_RULES) -> Any:
+def shard(model: Any, mesh: Mesh, rules: Rules = PARAM_RULES) -> Any:
     """``model`` (a :class:`~bitnet_jax.BitNetModel`) with its parameters placed on ``mesh`` by the rules.
 
     ``forward`` and ``generate`` then run unchanged: ``jit`` propagates the parameter shardings.
