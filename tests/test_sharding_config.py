@@ -171,3 +171,14 @@ def test_hlo_collectives_and_weight_traffic_classification():
     assert [moves_weights(c) for c in colls] == [True, False, False, False, False]
     assert [gathers_packed_weights(c) for c in colls] == [False, False, True, False, False]
     assert summary(colls)["all-reduce"] == {"count": 2, "bytes": 512 + 768}
+
+
+def test_launch_cli(capsys):
+    import sys
+
+    from bitnet_jax.cli import main
+
+    assert main(["launch", "-n", "2", "--", sys.executable, "-c", "pass"]) == 0
+    code = "import os, sys; sys.exit(3 if os.environ['BITNET_JAX_PROCESS_ID'] == '0' else 0)"
+    assert main(["launch", "-n", "2", "--timeout", "60", "--", sys.executable, "-c", code]) == 2
+    assert "process 0 of 2 exited with status 3" in capsys.readouterr().err
