@@ -177,33 +177,19 @@ def real_shape_generate() -> tuple[list[dict], list[str]]:
 
 
 def fsdp_hook_checks(model, ref_logits, ref_tokens) -> dict:
-    """Packed weights stored over ``fsdp`` x ``tensor``, multiplied through :func:`sharding.ternary_matmul`.
-
-    ``BitLinear`` does not call it yet; this swaps the kernel entry point the way the proposed
-    one-line change in ``BitLinear`` would (``sharding.ternary_matmul`` instead of the kernel).
-    """
+    """Packed weights stored over ``fsdp`` x ``tensor``; ``BitLinear`` multiplies them through
+    :func:`sharding.ternary_matmul` (``shard_map`` per device) inside the ``jax.set_mesh`` context."""
     import jax
     import numpy as np
 
-    import pallas_kernels
     from bitnet_jax import MeshConfig, forward, generate, make_mesh, shard
-    from bitnet_jax.sharding import ternary_matmul
 
-    kernel = pallas_kernels.ternary_matmul
-
-    def hooked(x, packed, **kw):
-        return ternary_matmul(x, packed, kernel=kernel, **kw)
-
-    pallas_kernels.ternary_matmul = hooked
-    try:
-        mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-        sharded = shard(model, mesh)
-        with jax.set_mesh(mesh):
-            logits = np.asarray(forward(sharded, tokens_array()))
-            toks = [t.tolist() for t in generate(sharded, PROMPTS, max_new_tokens=NEW_TOKENS, stop_tokens=())]
-            texts = compiled_texts(sharded)
-    finally:
-        pallas_kernels.ternary_matmul = kernel
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    sharded = shard(model, mesh)
+    with jax.set_mesh(mesh):
+        logits = np.asarray(forward(sharded, tokens_array()))
+        toks = [t.tolist() for t in generate(sharded, PROMPTS, max_new_tokens=NEW_TOKENS, stop_tokens=())]
+        texts = compiled_texts(sharded)
     return {
         "fsdp_logits_max_abs_diff": float(np.abs(logits - ref_logits).max()),
         "fsdp_tokens": toks,
