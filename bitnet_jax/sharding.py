@@ -31,9 +31,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
-import yaml
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bitnet_jax.config_io import dataclass_from_mapping, read_yaml
 from bitnet_jax.errors import ConfigError
 
 AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
@@ -87,27 +87,12 @@ class MeshConfig:
         """Build from a mapping (optionally nested under ``mesh:``); unknown keys are named in the error."""
         if isinstance(data, Mapping) and set(data) == {"mesh"}:
             data = data["mesh"]
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a mapping of mesh axis sizes, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(AXES))
-        if unknown:
-            raise ConfigError(f"{source}: unknown mesh axis key(s) {unknown}; known axes: {list(AXES)}")
-        try:
-            return cls(**data)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        return dataclass_from_mapping(cls, data, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "MeshConfig":
         """Load a YAML file holding ``data``/``fsdp``/``tensor`` (optionally under ``mesh:``)."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read mesh config ({e})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-        return cls.from_dict(data or {}, source=str(path))
+        return cls.from_dict(read_yaml(path, "mesh config"), source=str(path))
 
     def shape(self, num_devices: int) -> tuple[int, ...]:
         """Concrete axis sizes (in :data:`AXES` order) for ``num_devices`` devices."""

@@ -25,7 +25,7 @@ def test_mesh_config_shapes():
 
 
 def test_mesh_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown mesh axis key\(s\) \['model'\]"):
+    with pytest.raises(ConfigError, match=r"unknown MeshConfig field\(s\) \['model'\]"):
         MeshConfig.from_dict({"model": 2})
     with pytest.raises(ConfigError, match=r"MeshConfig.tensor must be"):
         MeshConfig.from_dict({"tensor": 0})
