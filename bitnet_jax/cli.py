@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from bitnet_jax import cli_chat, cli_convert, cli_launch
 from bitnet_jax.errors import BitNetError
 
 
@@ -96,9 +97,13 @@ def _add_info(sub) -> None:
     p.set_defaults(func=_cmd_info)
 
 
-PARSERS = [_add_generate, _add_info]
-from bitnet_jax import cli_chat, cli_convert  # noqa: E402  (formats commands)
-PARSERS += [cli_chat.add_parser, cli_convert.add_parser]
+PARSERS = [
+    _add_generate,
+    _add_info,
+    cli_chat.add_parser,
+    cli_convert.add_parser,
+    cli_launch.add_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

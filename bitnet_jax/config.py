@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from bitnet_jax.config_io import dataclass_from_mapping, read_yaml
 from bitnet_jax.errors import ConfigError
 
 
@@ -125,28 +124,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "ModelConfig":
         """Build from a mapping, rejecting unknown keys with an error naming ``source``."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a mapping of ModelConfig fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
-        try:
-            return cls(**data)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        return dataclass_from_mapping(cls, data, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ModelConfig":
         """Load a YAML model preset file."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read model config ({e})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-        return cls.from_dict(data or {}, source=str(path))
+        return cls.from_dict(read_yaml(path, "model config"), source=str(path))
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":

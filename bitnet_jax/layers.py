@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from bitnet_jax import quant
+from bitnet_jax import quant, sharding
 
 Dtype = Any
 INIT_STD = 0.02
@@ -55,7 +55,8 @@ class BitLinear(nn.Module):
     as fake quantization with the straight-through estimator (differentiable). ``packed=True`` is the
     inference form: ``weight_packed`` (2-bit codes in the kernel layout) and ``weight_scale`` (the
     multiplicative dequantization scale ``1 / s_w``), activations quantized to int8, an exact int32
-    product through :func:`pallas_kernels.ternary_matmul`, then the rescale ``acc / s_x * weight_scale``.
+    product through the kernel dispatcher :func:`pallas_kernels.ternary_matmul` (made mesh-aware by
+    :func:`bitnet_jax.sharding.ternary_matmul`), then the rescale ``acc / s_x * weight_scale``.
     """
 
     features: int
@@ -80,6 +81,6 @@ class BitLinear(nn.Module):
         scale = self.param("weight_scale", nn.initializers.constant(INIT_STD), (), jnp.float32)
         xq, s_x = quant.quantize_activations(x)
         lead = x.shape[:-1]
-        acc = pallas_kernels.ternary_matmul(xq.reshape(-1, in_features), w_packed, backend=self.kernel_backend)
+        acc = sharding.ternary_matmul(xq.reshape(-1, in_features), w_packed, backend=self.kernel_backend)
         acc = acc.reshape(*lead, self.features).astype(jnp.float32)
         return (acc / s_x * scale).astype(self.dtype)

@@ -17,11 +17,17 @@ gen = importlib.import_module("bitnet_jax.generate")  # the module (the package 
 PROMPTS = [[1, 17, 33, 250, 9, 4, 100], [1, 5], [1, 300, 301, 302, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
 
 
-def greedy_by_recompute(model, prompt, n):
-    """Greedy continuation by re-running the whole-sequence forward on the growing sequence."""
+def greedy_by_recompute(model, prompt, n, width=64):
+    """Greedy continuation by re-running the whole-sequence forward (no cache) on the growing sequence.
+
+    The sequence is right-padded to a fixed ``width`` so every step reuses one compiled program; the
+    forward is causal, so the logits at the last real position do not see the padding.
+    """
     seq = list(prompt)
     for _ in range(n):
-        logits = np.asarray(bj.forward(model, [seq]))[0, -1]
+        padded = np.zeros((1, width), np.int32)
+        padded[0, : len(seq)] = seq
+        logits = np.asarray(bj.forward(model, padded))[0, len(seq) - 1]
         seq.append(int(np.argmax(logits)))
     return seq[len(prompt) :]
 
