@@ -9,7 +9,9 @@ Public API:
 The backend is chosen, in order, by the ``backend=`` argument, the ``BITNET_JAX_KERNEL`` environment
 variable, and otherwise automatically from the platform: ``tpu`` on TPU, ``mosaic_gpu`` on CUDA GPUs
 of compute capability >= 9.0 (Hopper ``wgmma``), ``triton`` on older CUDA GPUs, ``cpu`` (the C++
-kernel of :mod:`pallas_kernels.cpu`) on CPUs when its extension is built, ``xla`` elsewhere.
+kernel of :mod:`pallas_kernels.cpu`) on a single CPU device when its extension is built, ``xla``
+elsewhere (including multi-device CPU meshes: ``bitnet_jax.sharding`` splits packed codes by input
+columns, which the ``tile16`` layout does not allow).
 Within a backend the kernel may further depend on the shape (``mosaic_gpu``: decode vs prefill tiles
 by M). The GPU/TPU/XLA backends share the packed layout ``rows4``; ``cpu`` uses ``tile16``
 (:mod:`pallas_kernels.layout`), so weights must be packed for the backend that multiplies them (the
@@ -47,7 +49,9 @@ def _platform_default(platform: str) -> str:
         except (RuntimeError, ValueError):
             capability = 0.0
         return "mosaic_gpu" if capability >= HOPPER else "triton"
-    return "cpu" if platform == "cpu" and cpu.AVAILABLE else "xla"
+    if platform == "cpu" and cpu.AVAILABLE and jax.device_count() == 1:
+        return "cpu"  # tile16 cannot be split by input columns: multi-device (sharded) CPU keeps xla
+    return "xla"
 
 
 def resolve_backend(backend: str | None = None, platform: str | None = None) -> str:

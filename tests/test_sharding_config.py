@@ -135,10 +135,13 @@ def test_ternary_matmul_hook_is_a_plain_call_without_a_mesh():
 
         return k(a, p, backend=backend)
 
-    packed = jnp.asarray(pack_rows4(w))
+    import pallas_kernels
+
+    packed = pallas_kernels.pack(jnp.asarray(w))  # the default backend's layout
     np.testing.assert_array_equal(ternary_matmul(jnp.asarray(x), packed, kernel=kernel), expected)
     with jax.set_mesh(make_mesh()):  # a 1-device mesh: still a plain call
-        np.testing.assert_array_equal(ternary_matmul(jnp.asarray(x), packed, kernel=kernel, backend="xla"), expected)
+        rows4 = jnp.asarray(pack_rows4(w))
+        np.testing.assert_array_equal(ternary_matmul(jnp.asarray(x), rows4, kernel=kernel, backend="xla"), expected)
     assert calls == [None, "xla"]
 
 
