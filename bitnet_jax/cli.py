@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from bitnet_jax import cli_perplexity, cli_train
 from bitnet_jax.errors import BitNetError
 
 
@@ -98,7 +99,7 @@ def _add_info(sub) -> None:
     p.set_defaults(func=_cmd_info)
 
 
-PARSERS = [_add_generate, _add_info]
+PARSERS = [_add_generate, _add_info, cli_train.add_parser, cli_perplexity.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
