@@ -142,3 +142,22 @@ def checkpoint_to_params(ckpt: Checkpoint, kernel_backend: str | None = None) ->
         shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
         raise CheckpointError(f"{src}: unexpected tensor(s) not part of this model config: {shown}")
     return params
+
+
+def random_checkpoint(config: ModelConfig, seed: int = 0, source: str = "random") -> Checkpoint:
+    """A checkpoint of random ternary weights (uniform over -1/0/+1) for benchmarks and examples.
+
+    Built layer by layer in NumPy, so even the 2B4T shape needs no more memory than its packed size
+    plus the float embedding.
+    """
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, Any] = {}
+    for name, (out_f, in_f) in ternary_linears(config):
+        w = rng.integers(-1, 2, (out_f, in_f), dtype=np.int8)
+        tensors[name + ".weight"] = TernaryTensor(pallas_kernels.pack_rows4(w), scale=float(1.0 / np.sqrt(in_f)))
+    for name, shape in float_tensors(config):
+        if name.endswith("norm.weight"):
+            tensors[name] = np.ones(shape, np.float32)
+        else:
+            tensors[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    return Checkpoint(config=config, tensors=tensors, source=source)

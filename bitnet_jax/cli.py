@@ -17,8 +17,6 @@ def _load(path: str, dtype: str | None = None):
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from bitnet_jax.generate import generate_stream
 
     model = _load(args.model, args.dtype)
@@ -56,20 +54,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(decoder.push(step[0]))
         sys.stdout.flush()
     sys.stdout.write(decoder.flush() + "\n")
-    del np
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from bitnet_jax.loading import read_checkpoint
+    import jax
+
+    from bitnet_jax.loading import model_from_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(args.model)
     cfg = ckpt.config
-    model = _load(args.model)
-    leaves = [np.asarray(x) for x in __import__("jax").tree_util.tree_leaves(model.params)]
-    nbytes = sum(x.nbytes for x in leaves)
+    model = model_from_checkpoint(ckpt)
+    nbytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(model.params))
     print(f"source:      {ckpt.source}")
     for key, value in cfg.to_dict().items():
         print(f"{key + ':':<26}{value}")

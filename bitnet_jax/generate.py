@@ -134,7 +134,7 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
 
 def _encode_prompts(model: BitNetModel, prompts) -> list[list[int]]:
     if isinstance(prompts, str) or (
-        isinstance(prompts, (list, tuple, np.ndarray)) and len(prompts) and np.isscalar(prompts[0])
+        isinstance(prompts, (list, tuple, np.ndarray)) and len(prompts) and isinstance(prompts[0], (int, np.integer))
     ):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts:
@@ -146,7 +146,10 @@ def _encode_prompts(model: BitNetModel, prompts) -> list[list[int]]:
                 raise GenerationError(f"prompt {i} is a string but the model has no tokenizer; pass token ids")
             ids = model.tokenizer.encode(p, add_bos=model.config.bos_token_id is not None)
         else:
-            ids = [int(t) for t in p]
+            try:
+                ids = [int(t) for t in p]
+            except (TypeError, ValueError):
+                raise GenerationError(f"prompt {i} must be a string or a list of token ids, got {p!r:.80}") from None
         if not ids:
             raise GenerationError(f"prompt {i} is empty")
         _check_ids(np.asarray(ids), model.config, f"prompt {i}")

@@ -162,3 +162,78 @@ def read_hf_checkpoint(path: str | Path) -> Checkpoint:
 
         tokenizer = Tokenizer.from_file(path / "tokenizer.json", config)
     return Checkpoint(config=config, tensors=tensors, source=str(path), tokenizer=tokenizer)
+
+
+def _param_leaves(tree: dict, prefix: tuple[str, ...] = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _param_leaves(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def param_path_to_hf_name(path: tuple[str, ...]) -> str:
+    """Inverse of :func:`bitnet_jax.checkpoint.hf_name_to_param_path` (``weight_packed`` -> ``weight``)."""
+    if path == ("embed_tokens",):
+        return "model.embed_tokens.weight"
+    if path == ("lm_head",):
+        return "lm_head.weight"
+    parts = list(path)
+    if parts[-1] == "weight_packed":
+        parts[-1] = "weight"
+    if parts[0].startswith("layers_"):
+        parts = ["layers", parts[0].removeprefix("layers_"), *parts[1:]]
+    return "model." + ".".join(parts)
+
+
+def write_hf_checkpoint(model, path: str | Path) -> Path:
+    """Write a packed model as a transformers directory (autobitlinear, offline); atomic replace.
+
+    The directory holds ``config.json``, ``model.safetensors`` (ternary weights as uint8 ``rows4`` +
+    multiplicative ``weight_scale``) and ``tokenizer.json`` when the model has a tokenizer.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    import jax
+    from safetensors.numpy import save_file
+
+    if not model.packed:
+        raise CheckpointError("write_hf_checkpoint expects a packed model (quantize a trained model first)")
+    path = Path(path)
+    tensors: dict[str, np.ndarray] = {}
+    for leaf_path, value in _param_leaves(jax.device_get(model.params)):
+        name = param_path_to_hf_name(leaf_path)
+        arr = np.asarray(value)
+        if leaf_path[-1] == "weight_packed":  # every backend keeps the HF rows4 layout today
+            arr = np.ascontiguousarray(arr, dtype=np.uint8)
+        elif leaf_path[-1] == "weight_scale":
+            arr = arr.reshape(1).astype(np.float32)
+        else:
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        tensors[name] = arr
+    hf_config = model.config.to_hf_config()
+    hf_config["quantization_config"] = {
+        "quant_method": "bitnet",
+        "linear_class": "autobitlinear",
+        "quantization_mode": "offline",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        if model.tokenizer is not None:
+            model.tokenizer.backend.save(str(tmp / "tokenizer.json"))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

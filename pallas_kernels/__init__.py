@@ -7,8 +7,12 @@ Public API:
 * :data:`BACKENDS` -- the backend names the dispatcher knows.
 
 The backend is chosen, in order, by the ``backend=`` argument, the ``BITNET_JAX_KERNEL`` environment
-variable, and otherwise automatically from the platform. Packed layouts are documented in
-:mod:`pallas_kernels.layout`; weights must be packed for the backend that multiplies them.
+variable, and otherwise automatically from the platform: ``tpu`` on TPU, ``mosaic_gpu`` on CUDA GPUs
+of compute capability >= 9.0 (Hopper ``wgmma``), ``triton`` on older CUDA GPUs, ``xla`` elsewhere.
+Within a backend the kernel may further depend on the shape (``mosaic_gpu``: decode vs prefill tiles
+by M); every backend uses the same packed layout (``rows4``, :mod:`pallas_kernels.layout`), so any
+choice made at call time is compatible with weights packed at load time. The Pallas backends run on
+CPU only in interpret mode, which is switched on automatically there.
 """
 
 from __future__ import annotations
@@ -18,22 +22,36 @@ import os
 import jax
 import numpy as np
 
-from pallas_kernels import xla
+from pallas_kernels import gpu_mosaic, gpu_triton, tpu, xla
 from pallas_kernels.layout import pack_rows4, unpack_rows4
 from pallas_kernels.reference import ternary_matmul_reference
 
-BACKENDS: tuple[str, ...] = ("xla",)
+BACKENDS: tuple[str, ...] = ("xla", "tpu", "mosaic_gpu", "triton")
 ENV_VAR = "BITNET_JAX_KERNEL"
 
-_IMPLS = {"xla": xla}
+_IMPLS = {"xla": xla, "tpu": tpu, "mosaic_gpu": gpu_mosaic, "triton": gpu_triton}
+_PALLAS = frozenset({"tpu", "mosaic_gpu", "triton"})
+HOPPER = 9.0
+
+
+def _platform_default(platform: str) -> str:
+    """The default backend for a JAX platform name (``cpu``, ``gpu``/``cuda``, ``tpu``)."""
+    if platform == "tpu":
+        return "tpu"
+    if platform in ("gpu", "cuda"):
+        try:
+            capability = float(getattr(jax.devices()[0], "compute_capability", "0"))
+        except (RuntimeError, ValueError):
+            capability = 0.0
+        return "mosaic_gpu" if capability >= HOPPER else "triton"
+    return "xla"
 
 
 def resolve_backend(backend: str | None = None, platform: str | None = None) -> str:
     """The backend to use: the argument, else ``$BITNET_JAX_KERNEL``, else the platform's default."""
     chosen = backend or os.environ.get(ENV_VAR) or None
     if chosen is None:
-        platform = platform or jax.default_backend()
-        chosen = "xla"  # the only backend so far on every platform
+        chosen = _platform_default(platform or jax.default_backend())
     if chosen not in _IMPLS:
         raise ValueError(
             f"unknown ternary-matmul backend {chosen!r} (from "
@@ -59,12 +77,15 @@ def ternary_matmul(
     x: jax.Array, packed: jax.Array, *, backend: str | None = None, interpret: bool = False
 ) -> jax.Array:
     """Exact int32 ``[M, N]`` product of int8 ``x [M, K]`` and packed ternary weights ``[N, K]``."""
-    del interpret  # only the Pallas backends use it
     if x.dtype != jax.numpy.int8:
         raise TypeError(f"ternary_matmul expects int8 activations, got {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"ternary_matmul expects x of shape [M, K], got {x.shape}")
-    return _IMPLS[resolve_backend(backend)].ternary_matmul(x, packed)
+    chosen = resolve_backend(backend)
+    if chosen not in _PALLAS:
+        return _IMPLS[chosen].ternary_matmul(x, packed)
+    interpret = interpret or jax.default_backend() == "cpu"  # Pallas runs on CPU only interpreted
+    return _IMPLS[chosen].ternary_matmul(x, packed, interpret=interpret)
 
 
 __all__ = [

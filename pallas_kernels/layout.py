@@ -1,10 +1,20 @@
 """The 2-bit ternary packing shared by the kernels and the Hugging Face checkpoint format.
 
-Layout ``rows4`` (the one every backend uses today, and the one transformers' packed BitNet checkpoints
-store): a ternary matrix ``w`` of shape ``[N, K]`` (values -1, 0, +1) becomes ``uint8 [N // 4, K]``.
+This docstring is the one place packed layouts are documented. Every backend (``xla``, ``tpu``,
+``mosaic_gpu``, ``triton``) uses ``rows4``, so weights packed at load time suit whichever kernel the
+dispatcher picks at call time, and Hugging Face codes load without repacking.
+
+Layout ``rows4`` (the one transformers' packed BitNet checkpoints store): a ternary matrix ``w`` of shape ``[N, K]`` (values -1, 0, +1) becomes ``uint8 [N // 4, K]``.
 Each weight is stored as the code ``w + 1`` (0, 1 or 2). With ``R = N // 4``, byte ``[r, c]`` holds
 ``w[r, c]`` in bits 1:0, ``w[R + r, c]`` in bits 3:2, ``w[2R + r, c]`` in bits 5:4 and ``w[3R + r, c]``
 in bits 7:6. Code 3 never occurs in a valid file.
+
+Why it suits the kernels: a packed tile ``[bn, bk]`` (rows ``r0 .. r0 + bn``) holds the weights of
+four output strips ``r0 + n``, ``R + r0 + n``, ``2R + r0 + n``, ``3R + r0 + n``; a kernel unpacks the
+four 2-bit planes on chip and writes a ``[4, M, R]`` (or ``[4, R, M]``) result that reshapes to
+``[M, N]``. Projections fuse by concatenating packed arrays along rows (each keeps its own scale and
+its own ``[4, ., R_i]`` slice of the output). Kernels pad ``R`` and ``K`` with byte ``0x55`` (four
+zero weights) where no tile size divides them.
 
 Both functions work on NumPy arrays and on JAX arrays (inside ``jit`` too); the arithmetic is done in
 int32 because Mosaic rejects 8-bit elementwise arithmetic.

@@ -1,0 +1,53 @@
+"""The bitnet-jax command line on a tiny model directory written by scripts/make_tiny_model.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitnet_jax.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(out)], check=True)
+    return out
+
+
+def test_generate_prints_prompt_and_continuation(tiny_dir, capsys):
+    assert main(["generate", "--model", str(tiny_dir), "def f(x):", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("def f(x):") and len(out) > len("def f(x):")
+
+
+def test_generate_sampling_flags(tiny_dir, capsys):
+    args = ["generate", "--model", str(tiny_dir), "import os", "--max-new-tokens", "6", "--temperature", "0.9"]
+    assert main(args + ["--top-k", "20", "--top-p", "0.9", "--seed", "3"]) == 0
+    first = capsys.readouterr().out
+    assert main(args + ["--top-k", "20", "--top-p", "0.9", "--seed", "3"]) == 0
+    assert capsys.readouterr().out == first
+
+
+def test_info(tiny_dir, capsys):
+    assert main(["info", "--model", str(tiny_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "hidden_size:" in out and "64" in out and "tokenizer:                yes" in out
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["info", "--model", str(tmp_path / "missing")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    assert main(["generate", "--model", str(tmp_path), "hi"]) == 2
+    assert "model_type 'llama'" in capsys.readouterr().err
+
+
+def test_invalid_sampling_argument_is_reported(tiny_dir, capsys):
+    assert main(["generate", "--model", str(tiny_dir), "x", "--top-p", "0"]) == 2
+    assert "top_p" in capsys.readouterr().err
