@@ -2,7 +2,7 @@
 
 The model is the core ``Transformer(config, packed=False)``: latent float32 weights, both quantizers
 applied with the straight-through estimator. The optimizer is ``optax`` AdamW behind global-norm
-clipping, with warmup and the BitNet b1.58 two-stage schedule: the learning rate decays within stage 1,
+clipping, with warmup and the BitNet b1.58 two-stage schedule: the learning rate decays (cosine) in stage 1,
 drops to ``stage2_lr_scale * lr`` when stage 2 starts and decays again; weight decay is on in stage 1
 and off in stage 2. A step takes ``[grad_accum, micro_batch, seq_len + 1]`` tokens and scans over the
 micro-batches; the loss is float32 cross-entropy. Data parallelism: the micro-batch axis is sharded
@@ -36,7 +36,11 @@ def stage2_start(cfg: TrainConfig) -> int:
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Any], jax.Array]:
-    """Linear warmup, then a cosine decay per stage; stage 2 restarts lower (``stage2_lr_scale``)."""
+    """Linear warmup, then the two stages, each a cosine from its peak down to ``final_lr_scale * peak``.
+
+    Stage 1's cosine spans the whole run and is cut off at stage 2 (about ``0.55 * lr`` at the
+    midpoint); stage 2 restarts at the lower peak ``stage2_lr_scale * lr`` and decays over the rest.
+    """
     s = cfg.schedule
     total, s2, peak = cfg.training.steps, stage2_start(cfg), cfg.optimizer.lr
 
@@ -45,7 +49,7 @@ def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Any], jax.Array]:
         warm = jnp.minimum(1.0, (t + 1.0) / s.warmup_steps) if s.warmup_steps else 1.0
         in2 = t >= s2
         start = jnp.where(in2, s2, 0.0)
-        length = jnp.where(in2, max(total - s2, 1), max(s2, 1))
+        length = jnp.where(in2, max(total - s2, 1), max(total, 1))
         progress = jnp.clip((t - start) / length, 0.0, 1.0)
         shape = s.final_lr_scale + (1.0 - s.final_lr_scale) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
         return peak * jnp.where(in2, s.stage2_lr_scale, 1.0) * warm * shape
