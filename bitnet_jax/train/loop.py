@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -15,7 +17,7 @@ import numpy as np
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import ConfigError
 from bitnet_jax.train.checkpoint import RunCheckpointer
-from bitnet_jax.train.config import TrainConfig, config_from_dict
+from bitnet_jax.train.config import CheckpointConfig, DataConfig, LoggingConfig, TrainConfig, config_from_dict
 from bitnet_jax.train.data import Dataset, prepare_dataset
 from bitnet_jax.train.step import (
     batch_sharding,
@@ -78,6 +80,18 @@ def _check_resume(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> Non
                 )
 
 
+def step_key(cfg: TrainConfig) -> TrainConfig:
+    """The config with the sections that do not affect the compiled step reset (a cache key)."""
+    return dataclasses.replace(cfg, checkpoint=CheckpointConfig(), logging=LoggingConfig(), data=DataConfig())
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_functions(cfg: TrainConfig, model_cfg: ModelConfig, mesh):
+    """(optimizer, jitted train step, jitted eval) for a config, reused across runs in one process."""
+    tx = make_optimizer(cfg)
+    return tx, make_train_step(cfg, model_cfg, tx, mesh), make_eval_step(cfg, model_cfg, mesh)
+
+
 def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) training; stops after ``max_steps`` new steps if given. Returns the final metrics."""
     run_dir = Path(cfg.checkpoint.dir).expanduser()
@@ -89,21 +103,20 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
         raise ConfigError(
             f"training.batch_size: the micro-batch ({micro}) must be divisible by the device count ({mesh.size})"
         )
-    tx = make_optimizer(cfg)
-    state = jax.device_put(init_state(cfg, model_cfg, tx), replicated(mesh))
     ckpt = RunCheckpointer(run_dir, cfg.checkpoint.keep)
-    start = 0
     latest = ckpt.latest_step() if cfg.checkpoint.resume else None
     if latest is not None:
         _check_resume(ckpt.restore_meta(latest)["config"], cfg, run_dir)
+    tx, step_fn, eval_fn = compiled_functions(step_key(cfg), model_cfg, mesh)
+    state = jax.device_put(init_state(cfg, model_cfg, tx), replicated(mesh))
+    start = 0
+    if latest is not None:
         state, meta = ckpt.restore(latest, state)
         start = int(meta["data_position"])
     _write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml())
     metrics_path = run_dir / METRICS_FILE
     _truncate_metrics(metrics_path, start)
 
-    step_fn = make_train_step(cfg, model_cfg, tx, mesh)
-    eval_fn = make_eval_step(cfg, model_cfg, mesh)
     shard = batch_sharding(mesh)
     accum, seq = cfg.training.grad_accum, cfg.data.seq_len
     end = cfg.training.steps if max_steps is None else min(cfg.training.steps, start + max_steps)

@@ -152,7 +152,7 @@ def make_train_step(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.Gradient
             "step": state["step"] + 1,
             "rng": jax.random.fold_in(state["rng"], state["step"]),
         }
-        metrics = {"loss": jnp.mean(losses), "grad_norm": optax.global_norm(grads), "lr": lr(state["step"])}
+        metrics = {"loss": jnp.mean(losses), "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
         return new, metrics
 
     rep = replicated(mesh)
