@@ -40,7 +40,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
 
     model = _load(args.model, args.dtype)
     if model.tokenizer is None:
-        raise BitNetError(f"{args.model}: the model has no tokenizer.json; cannot tokenize {args.file}")
+        raise BitNetError(f"{args.model or 'default model'}: the model has no tokenizer.json; cannot tokenize {args.file}")
     path = Path(args.file)
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
     """Register the ``perplexity`` sub-command."""
     p = sub.add_parser("perplexity", help="perplexity of a model on a text file")
     p.add_argument("file", help="text file to score")
-    p.add_argument("--model", required=True, help="model directory or GGUF file")
+    p.add_argument("--model", default=None, help="model directory or GGUF file (default: the bundled model)")
     p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model context)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
