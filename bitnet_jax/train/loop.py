@@ -95,14 +95,14 @@ def compiled_functions(cfg: TrainConfig, model_cfg: ModelConfig, mesh):
 def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) training; stops after ``max_steps`` new steps if given. Returns the final metrics."""
     run_dir = Path(cfg.checkpoint.dir).expanduser()
-    dataset = prepare_dataset(cfg.data, cfg.tokenizer, run_dir)
-    model_cfg = run_model_config(cfg, dataset)
     mesh = make_mesh(cfg.mesh.devices)
     micro = cfg.training.batch_size // cfg.training.grad_accum
     if micro % mesh.size:
         raise ConfigError(
             f"training.batch_size: the micro-batch ({micro}) must be divisible by the device count ({mesh.size})"
         )
+    dataset = prepare_dataset(cfg.data, cfg.tokenizer, run_dir)  # the first thing that writes into run_dir
+    model_cfg = run_model_config(cfg, dataset)
     ckpt = RunCheckpointer(run_dir, cfg.checkpoint.keep)
     latest = ckpt.latest_step() if cfg.checkpoint.resume else None
     if latest is not None:
