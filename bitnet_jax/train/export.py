@@ -70,6 +70,8 @@ def write_hf_directory(out_dir: str | Path, params: Any, config: ModelConfig, to
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer_json is not None:
             (tmp / "tokenizer.json").write_text(tokenizer_json)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
