@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from bitnet_jax import cli_chat, cli_convert, cli_launch
+from bitnet_jax import cli_chat, cli_convert, cli_launch, cli_perplexity, cli_train
 from bitnet_jax.errors import BitNetError
 
 
-def _load(path: str, dtype: str | None = None):
+DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"
+MODEL_HELP = "model directory or GGUF file (default: the bundled model trained on the Python stdlib)"
+
+
+def _load(path: str | None, dtype: str | None = None):
     from bitnet_jax.loading import from_pretrained
 
-    return from_pretrained(path, dtype=dtype)
+    return from_pretrained(path or DEFAULT_MODEL, dtype=dtype)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -81,7 +86,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text (or token ids) from a prompt")
     p.add_argument("prompt", help="prompt text (or space-separated token ids for a model without tokenizer)")
-    p.add_argument("--model", required=True, help="model directory or GGUF file")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default)")
     p.add_argument("--top-k", type=int, default=None)
@@ -102,6 +107,8 @@ PARSERS = [
     _add_info,
     cli_chat.add_parser,
     cli_convert.add_parser,
+    cli_train.add_parser,
+    cli_perplexity.add_parser,
     cli_launch.add_parser,
 ]
 

@@ -1,0 +1,42 @@
+"""``bitnet-jax train CONFIG [--set SECTION.FIELD=VALUE ...] [--export DIR]``: run a training config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bitnet_jax.train.config import load_config
+    from bitnet_jax.train.export import export_run
+    from bitnet_jax.train.loop import train
+
+    cfg = load_config(args.config, args.set or ())
+    final = train(cfg, max_steps=args.max_steps)
+    print(json.dumps(final))
+    if args.export:
+        out = export_run(cfg.checkpoint.dir, args.export)
+        print(f"exported to {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from bitnet_jax.train.export import export_run
+
+    print(f"exported to {export_run(args.run, args.out, args.step)}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register the ``train`` and ``export-run`` sub-commands."""
+    p = sub.add_parser("train", help="train (or resume) a model from a YAML run config")
+    p.add_argument("config", help="run config YAML (see configs/train/)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config value")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many new steps")
+    p.add_argument("--export", metavar="DIR", default=None, help="export the final model as a packed HF directory")
+    p.set_defaults(func=_cmd_train)
+    e = sub.add_parser("export-run", help="export a training run's checkpoint as a packed HF directory")
+    e.add_argument("run", help="the run directory (checkpoint.dir)")
+    e.add_argument("out", help="output directory")
+    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    e.set_defaults(func=_cmd_export)

@@ -1,0 +1,90 @@
+"""``from_pretrained``: one entry point that detects a checkpoint's format and loads it packed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bitnet_jax.checkpoint import Checkpoint, checkpoint_to_params
+from bitnet_jax.config import ModelConfig
+from bitnet_jax.errors import CheckpointError
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclasses.dataclass(frozen=True)
+class BitNetModel:
+    """A loaded model: its config, its parameter pytree and (optionally) its tokenizer.
+
+    ``packed=True`` means the ternary linears hold 2-bit codes and one scale (inference form);
+    ``packed=False`` means latent float weights (training form).
+    """
+
+    config: ModelConfig
+    params: Any
+    tokenizer: Any = None
+    packed: bool = True
+    kernel_backend: str | None = None
+
+
+def detect_format(path: Path) -> str:
+    """``"hf"`` for a transformers directory, ``"gguf"`` for a GGUF file; else a clear error."""
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf"
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return "gguf"
+        raise CheckpointError(f"{path}: not a model directory (no config.json, and not exactly one .gguf file)")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == GGUF_MAGIC:
+        return "gguf"
+    raise CheckpointError(f"{path}: unrecognised model file (not a GGUF file and not a transformers directory)")
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read any supported checkpoint format into a format-neutral :class:`Checkpoint`."""
+    path = Path(path).expanduser()
+    fmt = detect_format(path)
+    if fmt == "hf":
+        from bitnet_jax.hf import read_hf_checkpoint
+
+        return read_hf_checkpoint(path)
+    try:
+        from bitnet_jax.gguf import read_gguf_checkpoint
+    except ImportError:
+        raise CheckpointError(f"{path}: GGUF files are not supported by this version of bitnet-jax") from None
+    if path.is_dir():
+        path = next(iter(sorted(path.glob("*.gguf"))))
+    return read_gguf_checkpoint(path)
+
+
+def model_from_checkpoint(ckpt: Checkpoint, kernel_backend: str | None = None) -> BitNetModel:
+    """Turn a :class:`Checkpoint` into a packed :class:`BitNetModel` on the default device."""
+    params = checkpoint_to_params(ckpt, kernel_backend)
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return BitNetModel(ckpt.config, params, ckpt.tokenizer, packed=True, kernel_backend=kernel_backend)
+
+
+def from_pretrained(
+    path: str | Path, *, dtype: str | None = None, kernel_backend: str | None = None
+) -> BitNetModel:
+    """Load a BitNet b1.58 model (transformers directory or GGUF file), ternary weights kept packed.
+
+    ``dtype`` overrides the activation dtype (``"float32"`` or ``"bfloat16"``).
+
+    >>> model = from_pretrained("path/to/bitnet-dir")          # doctest: +SKIP
+    >>> model.config.hidden_size                                # doctest: +SKIP
+    2560
+    """
+    ckpt = read_checkpoint(path)
+    if dtype is not None:
+        ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(dtype=dtype))
+    return model_from_checkpoint(ckpt, kernel_backend)

@@ -1,0 +1,174 @@
+"""The BitNet b1.58 decoder (the 2B4T architecture) as pure Flax linen modules.
+
+Per layer (pre-norm)::
+
+    h   = x + o_proj(attn_sub_norm(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))))
+    out = h + down_proj(ffn_sub_norm(relu(gate_proj(m))^2 * up_proj(m)))
+
+with ``n = input_layernorm(x)`` and ``m = post_attention_layernorm(h)``; then a final ``norm`` and the
+(tied or separate) float head. Module and parameter names follow transformers' ``BitNetForCausalLM`` so
+that checkpoint names map one to one.
+
+The attention works on an optional static-shape KV cache: ``cache[i] = {"k", "v"}`` of shape
+``[B, S, kv_heads, head_dim]``. New keys are written at each row's own start position, and a query at
+position ``p`` attends to cache slots ``j <= p``. Slots are absolute positions, so prompts of different
+lengths in one batch need no padding mask: a row's slots past its prompt are overwritten by its own
+generated tokens before any real query can reach them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bitnet_jax.config import ModelConfig
+from bitnet_jax.layers import BitLinear, RMSNorm, apply_rope
+
+KVCache = list[dict[str, jax.Array]]
+
+
+def activation_dtype(config: ModelConfig) -> Any:
+    """The jnp dtype activations are computed in."""
+    return jnp.dtype(config.dtype)
+
+
+def init_cache(config: ModelConfig, batch: int, length: int) -> KVCache:
+    """An empty KV cache: one ``{"k", "v"}`` pair of ``[batch, length, kv_heads, head_dim]`` per layer."""
+    shape = (batch, length, config.num_key_value_heads, config.head_size)
+    dtype = activation_dtype(config)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_hidden_layers)]
+
+
+def _write_rows(cache: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """Write ``new [B, T, ...]`` into ``cache [B, S, ...]`` at each row's own ``start [B]``."""
+
+    def one_row(c, n, s):
+        return jax.lax.dynamic_update_slice_in_dim(c, n, s, axis=0)
+
+    return jax.vmap(one_row)(cache, new.astype(cache.dtype), start)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array) -> jax.Array:
+    """Causal GQA attention of ``q [B, T, H, D]`` over ``k, v [B, S, Hkv, D]`` (slot j visible if j <= pos)."""
+    b, t, h, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
+    visible = jnp.arange(k.shape[1])[None, None, :] <= q_positions[:, :, None]  # [B, T, S]
+    scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h * d).astype(v.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE and the BitNet ``attn_sub_norm`` before ``o_proj``."""
+
+    config: ModelConfig
+    packed: bool = False
+    kernel_backend: str | None = None
+
+    @nn.compact
+    def __call__(self, x, positions, layer_cache=None):
+        cfg = self.config
+        dtype = activation_dtype(cfg)
+        b, t, _ = x.shape
+        hd = cfg.head_size
+
+        def proj(name, features):
+            return BitLinear(features, self.packed, dtype, self.kernel_backend, name=name)
+
+        q = proj("q_proj", cfg.num_attention_heads * hd)(x).reshape(b, t, cfg.num_attention_heads, hd)
+        k = proj("k_proj", cfg.num_key_value_heads * hd)(x).reshape(b, t, cfg.num_key_value_heads, hd)
+        v = proj("v_proj", cfg.num_key_value_heads * hd)(x).reshape(b, t, cfg.num_key_value_heads, hd)
+        q = apply_rope(q, positions, cfg.rope_theta)
+        k = apply_rope(k, positions, cfg.rope_theta)
+        if layer_cache is not None:
+            start = positions[:, 0]
+            layer_cache = {"k": _write_rows(layer_cache["k"], k, start), "v": _write_rows(layer_cache["v"], v, start)}
+            k, v = layer_cache["k"], layer_cache["v"]
+        out = attend(q, k, v, positions)
+        out = RMSNorm(cfg.num_attention_heads * hd, cfg.rms_norm_eps, dtype, name="attn_sub_norm")(out)
+        return proj("o_proj", cfg.hidden_size)(out), layer_cache
+
+
+class MLP(nn.Module):
+    """The gated feed-forward block: ``down(ffn_sub_norm(relu(gate(x))^2 * up(x)))``."""
+
+    config: ModelConfig
+    packed: bool = False
+    kernel_backend: str | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dtype = activation_dtype(cfg)
+
+        def proj(name, features):
+            return BitLinear(features, self.packed, dtype, self.kernel_backend, name=name)
+
+        gate = jnp.square(jax.nn.relu(proj("gate_proj", cfg.intermediate_size)(x)))
+        hidden = gate * proj("up_proj", cfg.intermediate_size)(x)
+        hidden = RMSNorm(cfg.intermediate_size, cfg.rms_norm_eps, dtype, name="ffn_sub_norm")(hidden)
+        return proj("down_proj", cfg.hidden_size)(hidden)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm transformer layer."""
+
+    config: ModelConfig
+    packed: bool = False
+    kernel_backend: str | None = None
+
+    @nn.compact
+    def __call__(self, x, positions, layer_cache=None):
+        cfg = self.config
+        dtype = activation_dtype(cfg)
+        n = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="input_layernorm")(x)
+        attn_out, layer_cache = Attention(cfg, self.packed, self.kernel_backend, name="self_attn")(n, positions, layer_cache)
+        h = x + attn_out
+        m = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(h)
+        return h + MLP(cfg, self.packed, self.kernel_backend, name="mlp")(m), layer_cache
+
+
+class Transformer(nn.Module):
+    """The BitNet b1.58 causal LM.
+
+    ``__call__(tokens [B, T], positions [B, T] | None, cache | None, logit_index [B] | None)`` returns
+    ``(float32 logits, cache)``: logits ``[B, T, vocab]``, or ``[B, 1, vocab]`` at ``logit_index`` only.
+    Layers are unrolled (no ``scan``) so each layer's weights stay separate arrays.
+    """
+
+    config: ModelConfig
+    packed: bool = False
+    kernel_backend: str | None = None
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, cache: KVCache | None = None, logit_index=None):
+        cfg = self.config
+        dtype = activation_dtype(cfg)
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        embedding = self.param(
+            "embed_tokens", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size), jnp.float32
+        )
+        x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+        new_cache = [] if cache is not None else None
+        for i in range(cfg.num_hidden_layers):
+            layer = DecoderLayer(cfg, self.packed, self.kernel_backend, name=f"layers_{i}")
+            x, layer_cache = layer(x, positions, None if cache is None else cache[i])
+            if cache is not None:
+                new_cache.append(layer_cache)
+        x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="norm")(x)
+        if logit_index is not None:
+            x = jnp.take_along_axis(x, logit_index[:, None, None], axis=1)
+        if cfg.tie_word_embeddings:
+            head = embedding
+        else:
+            head = self.param("lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size), jnp.float32)
+        logits = jnp.einsum("btd,vd->btv", x, head.astype(dtype), preferred_element_type=jnp.float32)
+        return logits, new_cache

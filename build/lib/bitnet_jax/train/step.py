@@ -1,0 +1,171 @@
+"""One jitted training step: quantization-aware forward/backward (STE), AdamW, clipping, accumulation.
+
+The model is the core ``Transformer(config, packed=False)``: latent float32 weights, both quantizers
+applied with the straight-through estimator. The optimizer is ``optax`` AdamW behind global-norm
+clipping, with warmup and the BitNet b1.58 two-stage schedule: the learning rate decays (cosine) in stage 1,
+drops to ``stage2_lr_scale * lr`` when stage 2 starts and decays again; weight decay is on in stage 1
+and off in stage 2. A step takes ``[grad_accum, micro_batch, seq_len + 1]`` tokens and scans over the
+micro-batches; the loss is float32 cross-entropy. Data parallelism: the micro-batch axis is sharded
+over a one-axis ``data`` mesh of local devices, the state is replicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from bitnet_jax.config import ModelConfig
+from bitnet_jax.errors import ConfigError
+from bitnet_jax.model import Transformer
+from bitnet_jax.train.config import TrainConfig
+from bitnet_jax.train.precision import full_precision
+
+State = dict[str, Any]
+
+
+def stage2_start(cfg: TrainConfig) -> int:
+    """The first step of stage 2."""
+    return int(round(cfg.schedule.stage2_fraction * cfg.training.steps))
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> Callable[[Any], jax.Array]:
+    """Linear warmup, then the two stages, each a cosine from its peak down to ``final_lr_scale * peak``.
+
+    Stage 1's cosine spans the whole run and is cut off at stage 2 (about ``0.55 * lr`` at the
+    midpoint); stage 2 restarts at the lower peak ``stage2_lr_scale * lr`` and decays over the rest.
+    """
+    s = cfg.schedule
+    total, s2, peak = cfg.training.steps, stage2_start(cfg), cfg.optimizer.lr
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32)
+        warm = jnp.minimum(1.0, (t + 1.0) / s.warmup_steps) if s.warmup_steps else 1.0
+        in2 = t >= s2
+        start = jnp.where(in2, s2, 0.0)
+        length = jnp.where(in2, max(total - s2, 1), max(total, 1))
+        progress = jnp.clip((t - start) / length, 0.0, 1.0)
+        shape = s.final_lr_scale + (1.0 - s.final_lr_scale) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+        return peak * jnp.where(in2, s.stage2_lr_scale, 1.0) * warm * shape
+
+    return schedule
+
+
+def weight_decay_schedule(cfg: TrainConfig) -> Callable[[Any], jax.Array]:
+    """``weight_decay`` during stage 1, zero in stage 2."""
+    s2, wd = stage2_start(cfg), cfg.optimizer.weight_decay
+    return lambda count: jnp.where(jnp.asarray(count) < s2, wd, 0.0).astype(jnp.float32)
+
+
+def decay_mask(params) -> Any:
+    """Weight decay applies to matrices (linears, embedding), not to norm gains."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW with the two-stage LR and weight-decay schedules."""
+    o = cfg.optimizer
+    adamw = optax.adamw(
+        learning_rate=learning_rate_schedule(cfg),
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        weight_decay=weight_decay_schedule(cfg),
+        mask=decay_mask,
+    )
+    return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw) if o.clip_norm > 0 else adamw
+
+
+def make_module(model_cfg: ModelConfig) -> Transformer:
+    """The training-form (latent weight) Transformer."""
+    return Transformer(model_cfg, packed=False)
+
+
+def _precision(quantize: bool):
+    return contextlib.nullcontext() if quantize else full_precision()
+
+
+def token_nll(module: Transformer, params, windows: jax.Array, quantize: bool = True) -> jax.Array:
+    """Mean float32 next-token cross-entropy of ``windows [B, T + 1]``."""
+    with _precision(quantize):
+        logits, _ = module.apply({"params": params}, windows[:, :-1])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1)[..., 0]
+    return jnp.mean(nll)
+
+
+def init_state(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.GradientTransformation) -> State:
+    """Fresh parameters (seeded by ``training.seed``), optimizer state, step 0 and the RNG key."""
+    key = jax.random.PRNGKey(cfg.training.seed)
+    init_key, rng = jax.random.split(key)
+    dummy = jnp.zeros((1, min(8, cfg.data.seq_len)), jnp.int32)
+    params = make_module(model_cfg).init(init_key, dummy)["params"]
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+
+def make_mesh(devices: int) -> Mesh:
+    """A one-axis ``data`` mesh over the first ``devices`` local devices (0 = all)."""
+    local = jax.local_devices()
+    n = devices or len(local)
+    if n > len(local):
+        raise ConfigError(f"mesh.devices: {n} requested but only {len(local)} local device(s) exist")
+    return Mesh(np.asarray(local[:n]), ("data",))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Shard ``[accum, micro_batch, T + 1]`` batches along the micro-batch axis."""
+    return NamedSharding(mesh, P(None, "data", None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Fully replicated placement."""
+    return NamedSharding(mesh, P())
+
+
+def make_train_step(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
+    """The jitted ``step(state, batch) -> (state, metrics)`` for ``batch [accum, micro, T + 1]``."""
+    module = make_module(model_cfg)
+    quantize = cfg.training.quantize
+    lr = learning_rate_schedule(cfg)
+    grad_fn = jax.value_and_grad(lambda p, w: token_nll(module, p, w, quantize))
+
+    def step(state: State, batch: jax.Array):
+        params = state["params"]
+
+        def micro(acc, windows):
+            loss, grads = grad_fn(params, windows)
+            return jax.tree_util.tree_map(jnp.add, acc, grads), loss
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        grads, losses = jax.lax.scan(micro, zeros, batch)
+        grads = jax.tree_util.tree_map(lambda g: g / batch.shape[0], grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new = {
+            "params": optax.apply_updates(params, updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "rng": jax.random.fold_in(state["rng"], state["step"]),
+        }
+        metrics = {"loss": jnp.mean(losses), "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
+        return new, metrics
+
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def make_eval_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: Mesh):
+    """The jitted ``eval(params, windows [B, T + 1]) -> mean nll``."""
+    module = make_module(model_cfg)
+    quantize = cfg.training.quantize
+    rep = replicated(mesh)
+    return jax.jit(
+        lambda p, w: token_nll(module, p, w, quantize),
+        in_shardings=(rep, NamedSharding(mesh, P("data", None))),
+        out_shardings=rep,
+    )
