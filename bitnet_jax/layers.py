@@ -52,7 +52,8 @@ class BitLinear(nn.Module):
     """A bias-free ternary linear layer ``y = x W^T`` with int8 activations.
 
     ``packed=False`` is the training form: latent float32 ``weight [out, in]``, both quantizers applied
-    as fake quantization with the straight-through estimator (differentiable). ``packed=True`` is the
+    as fake quantization with the straight-through estimator (differentiable); ``quantize=False`` skips
+    them (the same architecture in full precision, for comparison runs). ``packed=True`` is the
     inference form: ``weight_packed`` (2-bit codes in the kernel layout) and ``weight_scale`` (the
     multiplicative dequantization scale ``1 / s_w``), activations quantized to int8, an exact int32
     product through the kernel dispatcher :func:`pallas_kernels.ternary_matmul` (made mesh-aware by
@@ -63,14 +64,16 @@ class BitLinear(nn.Module):
     packed: bool = False
     dtype: Dtype = jnp.float32
     kernel_backend: str | None = None
+    quantize: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_features = x.shape[-1]
         if not self.packed:
             w = self.param("weight", nn.initializers.normal(INIT_STD), (self.features, in_features), jnp.float32)
-            xd = quant.fake_quantize_activations(x).astype(self.dtype)
-            wd = quant.fake_quantize_weights(w).astype(self.dtype)
+            if self.quantize:
+                x, w = quant.fake_quantize_activations(x), quant.fake_quantize_weights(w)
+            xd, wd = x.astype(self.dtype), w.astype(self.dtype)
             return jnp.einsum("...k,nk->...n", xd, wd, preferred_element_type=jnp.float32).astype(self.dtype)
 
         def init_packed(key, shape):

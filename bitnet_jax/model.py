@@ -71,6 +71,7 @@ class Attention(nn.Module):
     config: ModelConfig
     packed: bool = False
     kernel_backend: str | None = None
+    quantize: bool = True
 
     @nn.compact
     def __call__(self, x, positions, layer_cache=None):
@@ -80,7 +81,7 @@ class Attention(nn.Module):
         hd = cfg.head_size
 
         def proj(name, features):
-            return BitLinear(features, self.packed, dtype, self.kernel_backend, name=name)
+            return BitLinear(features, self.packed, dtype, self.kernel_backend, self.quantize, name=name)
 
         q = proj("q_proj", cfg.num_attention_heads * hd)(x).reshape(b, t, cfg.num_attention_heads, hd)
         k = proj("k_proj", cfg.num_key_value_heads * hd)(x).reshape(b, t, cfg.num_key_value_heads, hd)
@@ -102,6 +103,7 @@ class MLP(nn.Module):
     config: ModelConfig
     packed: bool = False
     kernel_backend: str | None = None
+    quantize: bool = True
 
     @nn.compact
     def __call__(self, x):
@@ -109,7 +111,7 @@ class MLP(nn.Module):
         dtype = activation_dtype(cfg)
 
         def proj(name, features):
-            return BitLinear(features, self.packed, dtype, self.kernel_backend, name=name)
+            return BitLinear(features, self.packed, dtype, self.kernel_backend, self.quantize, name=name)
 
         gate = jnp.square(jax.nn.relu(proj("gate_proj", cfg.intermediate_size)(x)))
         hidden = gate * proj("up_proj", cfg.intermediate_size)(x)
@@ -123,16 +125,17 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
     packed: bool = False
     kernel_backend: str | None = None
+    quantize: bool = True
 
     @nn.compact
     def __call__(self, x, positions, layer_cache=None):
         cfg = self.config
         dtype = activation_dtype(cfg)
         n = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="input_layernorm")(x)
-        attn_out, layer_cache = Attention(cfg, self.packed, self.kernel_backend, name="self_attn")(n, positions, layer_cache)
+        attn_out, layer_cache = Attention(cfg, self.packed, self.kernel_backend, self.quantize, name="self_attn")(n, positions, layer_cache)
         h = x + attn_out
         m = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(h)
-        return h + MLP(cfg, self.packed, self.kernel_backend, name="mlp")(m), layer_cache
+        return h + MLP(cfg, self.packed, self.kernel_backend, self.quantize, name="mlp")(m), layer_cache
 
 
 class Transformer(nn.Module):
@@ -146,6 +149,7 @@ class Transformer(nn.Module):
     config: ModelConfig
     packed: bool = False
     kernel_backend: str | None = None
+    quantize: bool = True
 
     @nn.compact
     def __call__(self, tokens, positions=None, cache: KVCache | None = None, logit_index=None):
@@ -161,7 +165,7 @@ class Transformer(nn.Module):
         x = head_lib.embed(embedding, tokens, scales("embed_scales")).astype(dtype)
         new_cache = [] if cache is not None else None
         for i in range(cfg.num_hidden_layers):
-            layer = DecoderLayer(cfg, self.packed, self.kernel_backend, name=f"layers_{i}")
+            layer = DecoderLayer(cfg, self.packed, self.kernel_backend, self.quantize, name=f"layers_{i}")
             x, layer_cache = layer(x, positions, None if cache is None else cache[i])
             if cache is not None:
                 new_cache.append(layer_cache)

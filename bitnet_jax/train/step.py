@@ -11,7 +11,6 @@ over a one-axis ``data`` mesh of local devices, the state is replicated.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable
 
@@ -25,7 +24,6 @@ from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import ConfigError
 from bitnet_jax.model import Transformer
 from bitnet_jax.train.config import TrainConfig
-from bitnet_jax.train.precision import full_precision
 
 State = dict[str, Any]
 
@@ -82,19 +80,14 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw) if o.clip_norm > 0 else adamw
 
 
-def make_module(model_cfg: ModelConfig) -> Transformer:
-    """The training-form (latent weight) Transformer."""
-    return Transformer(model_cfg, packed=False)
-
-
-def _precision(quantize: bool):
-    return contextlib.nullcontext() if quantize else full_precision()
+def make_module(model_cfg: ModelConfig, quantize: bool = True) -> Transformer:
+    """The training-form (latent weight) Transformer; ``quantize=False`` drops both quantizers."""
+    return Transformer(model_cfg, packed=False, quantize=quantize)
 
 
 def token_nll(module: Transformer, params, windows: jax.Array, quantize: bool = True) -> jax.Array:
     """Mean float32 next-token cross-entropy of ``windows [B, T + 1]``."""
-    with _precision(quantize):
-        logits, _ = module.apply({"params": params}, windows[:, :-1])
+    logits, _ = module.clone(quantize=quantize).apply({"params": params}, windows[:, :-1])
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1)[..., 0]
     return jnp.mean(nll)
