@@ -177,5 +177,6 @@ class Transformer(nn.Module):
         else:
             head = self.param("lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size), jnp.float32)
             head_scales = scales("lm_head_scales")
-        logits = head_lib.project(x, head, head_scales, self.kernel_backend)
+        # the C++ head kernels have no gradient: the training form keeps the XLA dot
+        logits = head_lib.project(x, head, head_scales, self.kernel_backend if self.packed else "xla")
         return logits, new_cache

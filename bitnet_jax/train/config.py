@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from bitnet_jax.config import ModelConfig
+from bitnet_jax.config_io import read_yaml
 from bitnet_jax.errors import ConfigError
 
 STDLIB_TOKEN = "{stdlib}"
@@ -272,12 +273,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> TrainConfig:
     """Read a YAML run config, apply ``--set SECTION.FIELD=VALUE`` overrides, validate."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read run config ({e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    data = read_yaml(path, "run config")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections")
     for text in overrides:

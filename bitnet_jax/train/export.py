@@ -1,88 +1,21 @@
 """Export a trained run to the inference format: a transformers-style packed (offline) BitNet directory.
 
-Each latent ``BitLinear`` weight is absmean-quantized (:func:`bitnet_jax.quant.quantize_weights`), its
-ternary values packed with :func:`bitnet_jax.quant.pack_ternary` (``uint8 [out/4, in]``) and stored with
-``weight_scale = 1 / s_w``; ``config.json`` carries ``quantization_config = {quant_method: bitnet,
-linear_class: autobitlinear, quantization_mode: offline}`` so the scale multiplies the layer output.
-Norms and the embedding stay float32. The directory (``config.json``, ``model.safetensors``,
-``tokenizer.json``) is written to a temporary sibling and renamed into place.
+The latent weights go through :func:`bitnet_jax.save_pretrained`: each ``BitLinear`` weight is
+absmean-quantized, packed at 2 bits (``uint8 [out/4, in]``) and stored with ``weight_scale = 1 / s_w``
+under ``quantization_config = {quant_method: bitnet, linear_class: autobitlinear, quantization_mode:
+offline}``; norms and the embedding stay float32; the directory is written atomically.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import jax.numpy as jnp
-import numpy as np
-from safetensors.numpy import save_file
-
-from bitnet_jax.checkpoint import float_tensors, hf_name_to_param_path, ternary_linears
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError
-from bitnet_jax.quant import pack_ternary, quantize_weights
+from bitnet_jax.export import save_pretrained
+from bitnet_jax.loading import BitNetModel
+from bitnet_jax.tokenizer import Tokenizer
 from bitnet_jax.train.checkpoint import RunCheckpointer
-
-QUANTIZATION_CONFIG = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
-
-
-def _get(params: Any, path: tuple[str, ...], name: str) -> np.ndarray:
-    node = params
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            raise CheckpointError(f"trained parameters lack {'/'.join(path)} (for {name})")
-        node = node[key]
-    return np.asarray(node, dtype=np.float32)
-
-
-def latent_to_hf_tensors(params: Any, config: ModelConfig) -> dict[str, np.ndarray]:
-    """HF-named tensors of the packed model: ternary codes + ``weight_scale`` per linear, float others."""
-    out: dict[str, np.ndarray] = {}
-    for prefix, shape in ternary_linears(config):
-        w = _get(params, hf_name_to_param_path(prefix + ".weight"), prefix)
-        if w.shape != shape:
-            raise CheckpointError(f"trained {prefix}.weight has shape {w.shape}, expected {shape}")
-        wq, s_w = quantize_weights(jnp.asarray(w))
-        out[prefix + ".weight"] = np.asarray(pack_ternary(wq), dtype=np.uint8)
-        out[prefix + ".weight_scale"] = np.asarray([1.0 / float(s_w)], dtype=np.float32)
-    for name, shape in float_tensors(config):
-        t = _get(params, hf_name_to_param_path(name), name)
-        if t.shape != shape:
-            raise CheckpointError(f"trained {name} has shape {t.shape}, expected {shape}")
-        out[name] = np.ascontiguousarray(t)
-    return out
-
-
-def write_hf_directory(out_dir: str | Path, params: Any, config: ModelConfig, tokenizer_json: str | None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``) atomically to ``out_dir``."""
-    out_dir = Path(out_dir).expanduser().absolute()
-    tensors = latent_to_hf_tensors(params, config)
-    hf = {**config.to_hf_config(), "quantization_config": dict(QUANTIZATION_CONFIG)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if tokenizer_json is not None:
-            (tmp / "tokenizer.json").write_text(tokenizer_json)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
@@ -103,5 +36,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     finally:
         ckpt.close()
     tok_path = run_dir / "tokenizer.json"
-    tokenizer_json = tok_path.read_text() if tok_path.is_file() else None
-    return write_hf_directory(out_dir, params, config, tokenizer_json)
+    tokenizer = Tokenizer.from_file(tok_path, config) if tok_path.is_file() else None
+    latent = BitNetModel(config, params, tokenizer, packed=False)
+    return save_pretrained(latent, Path(out_dir).expanduser().absolute(), format="hf")

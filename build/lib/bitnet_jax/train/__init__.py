@@ -1,7 +1,0 @@
-"""Training: run configs, data pipeline, the jitted QAT step, checkpoints, the loop and export."""
-
-from bitnet_jax.train.config import TrainConfig, config_from_dict, load_config
-from bitnet_jax.train.export import export_run, write_hf_directory
-from bitnet_jax.train.loop import train
-
-__all__ = ["TrainConfig", "config_from_dict", "export_run", "load_config", "train", "write_hf_directory"]
