@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from bitnet_jax.checkpoint import Checkpoint, TernaryTensor, ternary_linears
 from bitnet_jax.config import ModelConfig, load_hf_config_file
 from bitnet_jax.errors import CheckpointError, ConfigError
-from bitnet_jax.quant import WEIGHT_EPS
+from bitnet_jax.quant import quantize_weights
 import pallas_kernels
 from pallas_kernels.layout import pack_rows4
 
@@ -105,11 +105,9 @@ def _read_tensors(files: dict[str, Path]) -> dict[str, np.ndarray]:
 
 
 def _quantize_latent(weight: np.ndarray) -> tuple[np.ndarray, float]:
-    """Absmean-quantize a latent float weight (in float32, like transformers' WeightQuant)."""
-    w = np.asarray(weight, dtype=np.float32)
-    s_w = np.float32(1.0) / np.maximum(np.mean(np.abs(w), dtype=np.float32), np.float32(WEIGHT_EPS))
-    wq = np.clip(np.round(w * s_w), -1, 1).astype(np.int8)
-    return pack_rows4(wq), float(np.float32(1.0) / s_w)
+    """Absmean-quantize a latent float weight (float32, like transformers' online WeightQuant)."""
+    wq, s_w = quantize_weights(np.asarray(weight, dtype=np.float32))
+    return pack_rows4(np.asarray(wq)), float(1.0 / s_w)
 
 
 def read_hf_checkpoint(path: str | Path) -> Checkpoint:

@@ -67,8 +67,16 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def model_from_checkpoint(ckpt: Checkpoint, kernel_backend: str | None = None) -> BitNetModel:
-    """Turn a :class:`Checkpoint` into a packed :class:`BitNetModel` on the default device."""
+    """Turn a :class:`Checkpoint` into a packed :class:`BitNetModel` on the default device.
+
+    The embedding (and an untied head) are stored in the activation dtype: for a bfloat16 model that
+    halves the largest float tensor, and the head multiplies in that dtype anyway.
+    """
     params = checkpoint_to_params(ckpt, kernel_backend)
+    table_dtype = jnp.dtype(ckpt.config.dtype)
+    for name in ("embed_tokens", "lm_head"):
+        if name in params:
+            params[name] = params[name].astype(table_dtype)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return BitNetModel(ckpt.config, params, ckpt.tokenizer, packed=True, kernel_backend=kernel_backend)
 
