@@ -1,22 +1,35 @@
-"""``bitnet-jax train CONFIG [--set SECTION.FIELD=VALUE ...] [--export DIR]``: run a training config."""
+"""``bitnet-jax train CONFIG [--set SECTION.FIELD=VALUE ...] [--export DIR]``: run a training config.
+
+Multi-process (multi-host) runs start every process with the same command plus the
+``--coordinator/--num-processes/--process-id`` flags (or the ``BITNET_JAX_*`` variables, which
+``bitnet-jax launch`` sets for local processes); the run config's ``mesh`` then spans every device.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from bitnet_jax import distributed
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    distributed.initialize(distributed.config_from_args(args))  # before anything touches a device
+    import jax
+
     from bitnet_jax.train.config import load_config
     from bitnet_jax.train.export import export_run
     from bitnet_jax.train.loop import train
 
     cfg = load_config(args.config, args.set or ())
     final = train(cfg, max_steps=args.max_steps)
-    print(json.dumps(final))
+    lead = jax.process_index() == 0
+    if lead:
+        print(json.dumps(final))
     if args.export:
         out = export_run(cfg.checkpoint.dir, args.export)
-        print(f"exported to {out}")
+        if lead:
+            print(f"exported to {out}")
     return 0
 
 
@@ -34,6 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config value")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many new steps")
     p.add_argument("--export", metavar="DIR", default=None, help="export the final model as a packed HF directory")
+    distributed.add_arguments(p)
     p.set_defaults(func=_cmd_train)
     e = sub.add_parser("export-run", help="export a training run's checkpoint as a packed HF directory")
     e.add_argument("run", help="the run directory (checkpoint.dir)")

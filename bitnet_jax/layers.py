@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from bitnet_jax import quant, sharding
+from bitnet_jax import fsdp, quant, sharding
 
 Dtype = Any
 INIT_STD = 0.02
@@ -72,7 +72,7 @@ class BitLinear(nn.Module):
         if not self.packed:
             w = self.param("weight", nn.initializers.normal(INIT_STD), (self.features, in_features), jnp.float32)
             if self.quantize:
-                x, w = quant.fake_quantize_activations(x), quant.fake_quantize_weights(w)
+                x, w = quant.fake_quantize_activations(x), fsdp.fake_quantize_weights(w)
             xd, wd = x.astype(self.dtype), w.astype(self.dtype)
             return jnp.einsum("...k,nk->...n", xd, wd, preferred_element_type=jnp.float32).astype(self.dtype)
 

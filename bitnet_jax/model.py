@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bitnet_jax import head as head_lib
+from bitnet_jax import head as head_lib, sharding
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.layers import BitLinear, RMSNorm, apply_rope
 
@@ -162,7 +162,7 @@ class Transformer(nn.Module):
             "embed_tokens", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size), jnp.float32
         )
         scales = self.variables.get("params", {}).get  # int8 head tables come with per-row scales
-        x = head_lib.embed(embedding, tokens, scales("embed_scales")).astype(dtype)
+        x = sharding.constrain_batch(head_lib.embed(embedding, tokens, scales("embed_scales")).astype(dtype))
         new_cache = [] if cache is not None else None
         for i in range(cfg.num_hidden_layers):
             layer = DecoderLayer(cfg, self.packed, self.kernel_backend, self.quantize, name=f"layers_{i}")

@@ -37,6 +37,7 @@ from bitnet_jax.config_io import dataclass_from_mapping, read_yaml
 from bitnet_jax.errors import ConfigError
 
 AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
+BATCH_AXES: tuple[str, ...] = ("data", "fsdp")  # both split the batch; fsdp also splits parameter storage
 
 # Parameter role -> PartitionSpec entries, first matching pattern wins. Paths are "/"-joined Flax names,
 # e.g. "layers_0/self_attn/q_proj/weight_packed". An entry is a mesh axis name or None per array axis.
@@ -178,12 +179,30 @@ def shard(model: Any, mesh: Mesh, rules: Rules = PARAM_RULES) -> Any:
     return dataclasses.replace(model, params=params)
 
 
-def _active_mesh() -> Any:
+def active_mesh() -> Any:
     """The mesh of the enclosing ``jax.set_mesh`` context, or None."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty or not set(AXES) <= set(mesh.axis_names):
         return None
     return mesh
+
+
+def batch_axes(mesh: Any, rows: int) -> tuple[str, ...] | None:
+    """The mesh axes (``data``, ``fsdp``; those of size > 1) that split ``rows`` batch rows, or None
+    when there are none or they do not divide ``rows``."""
+    axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
+    return axes if axes and rows % math.prod(mesh.shape[a] for a in axes) == 0 else None
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Inside a ``jax.set_mesh`` context: ``x [batch, ...]`` split by rows over :func:`batch_axes`, the
+    other axes whole (so activations stay split by batch, not by the hidden axis an FSDP-stored
+    embedding would hand them); outside one, ``x`` unchanged."""
+    mesh = active_mesh()
+    if mesh is None:
+        return x
+    spec = PartitionSpec(batch_axes(mesh, x.shape[0]), *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, spec)
 
 
 def ternary_matmul(
@@ -201,11 +220,10 @@ def ternary_matmul(
         import pallas_kernels
 
         kernel = pallas_kernels.ternary_matmul
-    mesh = _active_mesh()
+    mesh = active_mesh()
     if mesh is None or math.prod(mesh.shape[a] for a in AXES) == 1:
         return kernel(x, packed, backend=backend)
-    batch = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
-    rows = batch if batch and x.shape[0] % math.prod(mesh.shape[a] for a in batch) == 0 else None
+    rows = batch_axes(mesh, x.shape[0])
 
     def local(x_shard, packed_shard):
         return jax.lax.psum(kernel(x_shard, packed_shard, backend=backend), "tensor")

@@ -25,11 +25,12 @@ def bench_jax(cfg, model_cfg, batches: np.ndarray, warmup: int) -> float:
     """Tokens/s of the jitted train step."""
     import jax
 
-    from bitnet_jax.train.step import batch_sharding, init_state, make_mesh, make_optimizer, make_train_step, replicated
+    from bitnet_jax.sharding import make_mesh
+    from bitnet_jax.train.step import batch_sharding, make_optimizer, make_train_step, sharded_init
 
-    mesh = make_mesh(cfg.mesh.devices)
+    mesh = make_mesh(cfg.mesh)
     tx = make_optimizer(cfg)
-    state = jax.device_put(init_state(cfg, model_cfg, tx), replicated(mesh))
+    state = sharded_init(cfg, model_cfg, tx, mesh)
     step = make_train_step(cfg, model_cfg, tx, mesh)
     shard = batch_sharding(mesh)
     data = [jax.device_put(b[None], shard) for b in batches]

@@ -10,9 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CI_CONFIG = ROOT / "configs" / "train" / "ci-tiny.yaml"
 
 
-def tiny_config(run_dir: Path, *overrides: str):
-    """The CI config shrunk further (seq 32, batch 4 in 2 micro-batches), writing into ``run_dir``."""
-    base = [
+def tiny_overrides(run_dir: Path) -> list[str]:
+    """``--set`` overrides shrinking the CI config (seq 32, batch 4 in 2 micro-batches) into ``run_dir``."""
+    return [
         f"checkpoint.dir={run_dir}",
         "data.seq_len=32",
         "training.batch_size=4",
@@ -23,4 +23,8 @@ def tiny_config(run_dir: Path, *overrides: str):
         "logging.eval_every=6",
         "logging.progress=false",
     ]
-    return load_config(CI_CONFIG, [*base, *overrides])
+
+
+def tiny_config(run_dir: Path, *overrides: str):
+    """The CI config shrunk further (:func:`tiny_overrides`), writing into ``run_dir``."""
+    return load_config(CI_CONFIG, [*tiny_overrides(run_dir), *overrides])

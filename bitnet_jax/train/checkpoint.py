@@ -4,6 +4,10 @@ Each save is one orbax step directory holding ``state`` (a pytree) and ``meta`` 
 position, tokens seen, the whole run config). Orbax writes into a temporary directory and renames it
 when complete, so a run killed mid-write leaves the previous checkpoint as the latest; only the last
 ``keep`` are kept.
+
+In a multi-process run every process calls :meth:`RunCheckpointer.save` and :meth:`RunCheckpointer.restore`
+together: each writes and reads the shards it holds (the directory must be shared). A state restores
+into any mesh -- the shardings of the ``like`` tree decide, not those it was saved with.
 """
 
 from __future__ import annotations
@@ -51,9 +55,11 @@ class RunCheckpointer:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore_params(self, step: int) -> Any:
-        """Only the parameters of a checkpoint (NumPy-backed nested dicts)."""
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        return out["state"]["params"]
+        """Only the parameters of a checkpoint, whole on this process's first device, whatever mesh
+        (and process count) wrote it."""
+        whole = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=whole))
+        return self.manager.restore(step, args=args)["state"]["params"]
 
     def close(self) -> None:
         """Release the manager."""

@@ -2,8 +2,11 @@
 
 A run config has the sections ``model``, ``data``, ``tokenizer``, ``optimizer``, ``schedule``,
 ``training``, ``checkpoint``, ``logging`` and ``mesh`` (see ``configs/train/*.yaml``). ``model`` is a
-model preset name plus field overrides (``{preset: tiny, hidden_size: 128}``). Everything a run does is
-in its config; :meth:`TrainConfig.to_dict` is saved with every checkpoint.
+model preset name plus field overrides (``{preset: tiny, hidden_size: 128}``). ``mesh`` is the
+:class:`bitnet_jax.sharding.MeshConfig` that inference uses too (axes ``data``, ``fsdp``, ``tensor``);
+for training, axes left out are 1 and, unless one axis is ``-1``, ``data`` takes the remaining devices
+(``mesh: {fsdp: 4}`` on 8 devices is ``data=2, fsdp=4``). Everything a run does is in its config;
+:meth:`TrainConfig.to_dict` is saved with every checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import yaml
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.config_io import read_yaml
 from bitnet_jax.errors import ConfigError
+from bitnet_jax.sharding import AXES, MeshConfig
 
 STDLIB_TOKEN = "{stdlib}"
 
@@ -105,13 +109,6 @@ class LoggingConfig:
     progress: bool = True
 
 
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Data parallelism: ``devices`` local devices (0 = all) on one ``data`` axis."""
-
-    devices: int = 0
-
-
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
@@ -192,6 +189,16 @@ def _section(cls: type, data: Any, key: str) -> Any:
     return cls(**values)
 
 
+def training_mesh(mesh: Any) -> Any:
+    """The ``mesh`` section with the training defaults: missing axes are 1, ``data`` takes the rest."""
+    mesh = {} if mesh is None else mesh
+    if not isinstance(mesh, Mapping):
+        return mesh  # a wrong type, which _section reports
+    if -1 in mesh.values() or "data" in mesh:
+        return {**{axis: 1 for axis in AXES}, **mesh}
+    return {**{axis: 1 for axis in AXES}, "data": -1, **mesh}
+
+
 def _check_ranges(cfg: TrainConfig) -> None:
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
@@ -221,7 +228,6 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.logging.every > 0, "logging.every", "must be > 0")
     need(cfg.logging.eval_every > 0, "logging.eval_every", "must be > 0")
     need(cfg.logging.eval_batches > 0, "logging.eval_batches", "must be > 0")
-    need(cfg.mesh.devices >= 0, "mesh.devices", "must be >= 0 (0 = all local devices)")
 
 
 def _get(cfg: TrainConfig, key: str) -> Any:
@@ -247,7 +253,11 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainCo
             model = ModelConfig.from_dict({**base, **model_data}, source="model")
         except ConfigError as e:
             raise ConfigError(str(e).replace("ModelConfig.", "model.")) from None
-        sections = {name: _section(cls, data.get(name), name) for name, cls in SECTIONS.items()}
+        sections = {name: _section(cls, data.get(name), name) for name, cls in SECTIONS.items() if name != "mesh"}
+        try:
+            sections["mesh"] = _section(MeshConfig, training_mesh(data.get("mesh")), "mesh")
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("MeshConfig.", "mesh.")) from None
         cfg = TrainConfig(model=model, **sections)
         _check_ranges(cfg)
         return cfg

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError
 from bitnet_jax.export import save_pretrained
 from bitnet_jax.loading import BitNetModel
 from bitnet_jax.tokenizer import Tokenizer
 from bitnet_jax.train.checkpoint import RunCheckpointer
+from bitnet_jax.train.loop import sync_processes
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
@@ -38,4 +41,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     tok_path = run_dir / "tokenizer.json"
     tokenizer = Tokenizer.from_file(tok_path, config) if tok_path.is_file() else None
     latent = BitNetModel(config, params, tokenizer, packed=False)
-    return save_pretrained(latent, Path(out_dir).expanduser().absolute(), format="hf")
+    out = Path(out_dir).expanduser().absolute()
+    if jax.process_index() == 0:  # in a multi-process run every process restores, one writes
+        save_pretrained(latent, out, format="hf")
+    sync_processes("bitnet_jax.train: exported")
+    return out

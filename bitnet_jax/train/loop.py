@@ -1,4 +1,10 @@
-"""The training loop: data, jitted steps, periodic evaluation, JSONL metrics, checkpoints, resume."""
+"""The training loop: data, jitted steps, periodic evaluation, JSONL metrics, checkpoints, resume.
+
+In a multi-process run (:func:`bitnet_jax.distributed.initialize` first) every process runs this same
+loop over the global mesh: process 0 prepares the dataset (the others wait, then read its files),
+writes ``config.yaml`` and ``metrics.jsonl`` and shows progress; checkpoints are written and read by
+all processes together (orbax), so ``checkpoint.dir`` must be a filesystem every process sees.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +25,15 @@ from bitnet_jax.errors import ConfigError
 from bitnet_jax.train.checkpoint import RunCheckpointer
 from bitnet_jax.train.config import CheckpointConfig, DataConfig, LoggingConfig, TrainConfig, config_from_dict
 from bitnet_jax.train.data import Dataset, prepare_dataset
+from bitnet_jax.sharding import make_mesh, place
 from bitnet_jax.train.step import (
+    abstract_state,
     batch_sharding,
-    init_state,
+    check_mesh,
     make_eval_step,
-    make_mesh,
     make_optimizer,
     make_train_step,
-    replicated,
+    sharded_init,
 )
 
 METRICS_FILE = "metrics.jsonl"
@@ -60,9 +67,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     _write_atomic(path, "".join(line + "\n" for line in keep))
 
 
-def evaluate(eval_step, params, dataset: Dataset, micro_batch: int, batches: int) -> float | None:
+def evaluate(eval_step, params, dataset: Dataset, micro_batch: int, batches: int, sharding) -> float | None:
     """Mean validation nll over the first ``batches`` validation batches (None without validation data)."""
-    losses = [float(eval_step(params, b)) for b in dataset.val_batches(micro_batch, batches)]
+    losses = [float(eval_step(params, place(b, sharding))) for b in dataset.val_batches(micro_batch, batches)]
     return float(np.mean(losses)) if losses else None
 
 
@@ -80,6 +87,14 @@ def _check_resume(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> Non
                 )
 
 
+def sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-process run (nothing to wait for in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def step_key(cfg: TrainConfig) -> TrainConfig:
     """The config with the sections that do not affect the compiled step reset (a cache key)."""
     return dataclasses.replace(cfg, checkpoint=CheckpointConfig(), logging=LoggingConfig(), data=DataConfig())
@@ -95,43 +110,51 @@ def compiled_functions(cfg: TrainConfig, model_cfg: ModelConfig, mesh):
 def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) training; stops after ``max_steps`` new steps if given. Returns the final metrics."""
     run_dir = Path(cfg.checkpoint.dir).expanduser()
-    mesh = make_mesh(cfg.mesh.devices)
+    try:
+        mesh = make_mesh(cfg.mesh)
+    except ConfigError as e:
+        raise ConfigError(f"mesh: {e}") from None
+    check_mesh(cfg, mesh)
     micro = cfg.training.batch_size // cfg.training.grad_accum
-    if micro % mesh.size:
-        raise ConfigError(
-            f"training.batch_size: the micro-batch ({micro}) must be divisible by the device count ({mesh.size})"
-        )
+    lead = jax.process_index() == 0  # writes the run's files; every process writes its checkpoint shards
+    if not lead:
+        sync_processes("bitnet_jax.train: dataset ready")
     dataset = prepare_dataset(cfg.data, cfg.tokenizer, run_dir)  # the first thing that writes into run_dir
+    if lead:
+        sync_processes("bitnet_jax.train: dataset ready")
     model_cfg = run_model_config(cfg, dataset)
     ckpt = RunCheckpointer(run_dir, cfg.checkpoint.keep)
     latest = ckpt.latest_step() if cfg.checkpoint.resume else None
     if latest is not None:
         _check_resume(ckpt.restore_meta(latest)["config"], cfg, run_dir)
     tx, step_fn, eval_fn = compiled_functions(step_key(cfg), model_cfg, mesh)
-    state = jax.device_put(init_state(cfg, model_cfg, tx), replicated(mesh))
     start = 0
-    if latest is not None:
-        state, meta = ckpt.restore(latest, state)
+    if latest is None:
+        state = sharded_init(cfg, model_cfg, tx, mesh)
+    else:  # restored straight into this run's shardings, whatever mesh wrote it
+        state, meta = ckpt.restore(latest, abstract_state(cfg, model_cfg, tx, mesh))
         start = int(meta["data_position"])
-    _write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml())
     metrics_path = run_dir / METRICS_FILE
-    _truncate_metrics(metrics_path, start)
+    if lead:
+        _write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml())
+        _truncate_metrics(metrics_path, start)
 
     shard = batch_sharding(mesh)
+    eval_shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(shard.spec[1], None))
     accum, seq = cfg.training.grad_accum, cfg.data.seq_len
     end = cfg.training.steps if max_steps is None else min(cfg.training.steps, start + max_steps)
     tokens_per_step = cfg.training.batch_size * seq
     bar = None
-    if cfg.logging.progress and not quiet:
+    if cfg.logging.progress and not quiet and lead:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.training.steps, initial=start, unit="step", dynamic_ncols=True)
     last: dict[str, Any] = {}
     t0, window_steps = time.perf_counter(), 0
-    with open(metrics_path, "a") as log:
+    with open(metrics_path if lead else os.devnull, "a") as log:
         for i in range(start, end):
             batch = dataset.train_batch(i, cfg.training.batch_size).reshape(accum, micro, seq + 1)
-            state, metrics = step_fn(state, jax.device_put(batch, shard))
+            state, metrics = step_fn(state, place(batch, shard))
             window_steps += 1
             step = i + 1
             record: dict[str, Any] = {}
@@ -147,7 +170,7 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
                 }
                 t0, window_steps = time.perf_counter(), 0
             if step % cfg.logging.eval_every == 0 or step == cfg.training.steps:
-                val = evaluate(eval_fn, state["params"], dataset, micro, cfg.logging.eval_batches)
+                val = evaluate(eval_fn, state["params"], dataset, micro, cfg.logging.eval_batches, eval_shard)
                 if val is not None:
                     record.update(step=step, val_loss=val, val_ppl=math.exp(min(val, 50.0)))
                 t0 = time.perf_counter()

@@ -5,8 +5,12 @@ applied with the straight-through estimator. The optimizer is ``optax`` AdamW be
 clipping, with warmup and the BitNet b1.58 two-stage schedule: the learning rate decays (cosine) in stage 1,
 drops to ``stage2_lr_scale * lr`` when stage 2 starts and decays again; weight decay is on in stage 1
 and off in stage 2. A step takes ``[grad_accum, micro_batch, seq_len + 1]`` tokens and scans over the
-micro-batches; the loss is float32 cross-entropy. Data parallelism: the micro-batch axis is sharded
-over a one-axis ``data`` mesh of local devices, the state is replicated.
+micro-batches; the loss is float32 cross-entropy.
+
+Parallelism uses the one mesh of :mod:`bitnet_jax.sharding` (axes ``data``, ``fsdp``, ``tensor``):
+the micro-batch is split over ``data`` x ``fsdp``; parameters and the AdamW moments are stored by
+:data:`~bitnet_jax.sharding.PARAM_RULES` (latent ternary weights split by rows over ``fsdp``), and the
+forward pass gathers them packed at 2 bits (:mod:`bitnet_jax.fsdp`); XLA partitions the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bitnet_jax import sharding
+from bitnet_jax.sharding import BATCH_AXES
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import ConfigError
 from bitnet_jax.model import Transformer
@@ -102,23 +108,63 @@ def init_state(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.GradientTrans
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": rng}
 
 
-def make_mesh(devices: int) -> Mesh:
-    """A one-axis ``data`` mesh over the first ``devices`` local devices (0 = all)."""
-    local = jax.local_devices()
-    n = devices or len(local)
-    if n > len(local):
-        raise ConfigError(f"mesh.devices: {n} requested but only {len(local)} local device(s) exist")
-    return Mesh(np.asarray(local[:n]), ("data",))
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Shard ``[accum, micro_batch, T + 1]`` batches along the micro-batch axis."""
-    return NamedSharding(mesh, P(None, "data", None))
+    """Shard ``[accum, micro_batch, T + 1]`` batches along the micro-batch axis over ``data`` x ``fsdp``."""
+    return NamedSharding(mesh, P(None, BATCH_AXES, None))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated placement."""
     return NamedSharding(mesh, P())
+
+
+def state_shardings(state: Any, tx: optax.GradientTransformation, mesh: Mesh) -> Any:
+    """Shardings for a training state (arrays or shapes): parameters and their optimizer moments by the
+    rules of :data:`bitnet_jax.sharding.PARAM_RULES`, everything else (step, RNG, counters) replicated."""
+    params = sharding.param_shardings(state["params"], mesh)
+    rep = replicated(mesh)
+    opt = optax.tree_map_params(tx, lambda _, s: s, state["opt_state"], params, transform_non_params=lambda _: rep)
+    return {"params": params, "opt_state": opt, "step": rep, "rng": rep}
+
+
+def abstract_state(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> State:
+    """The state's shapes, dtypes and shardings (what a checkpoint is restored into), without computing it."""
+    shapes = jax.eval_shape(lambda: init_state(cfg, model_cfg, tx))
+    return jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings(shapes, tx, mesh)
+    )
+
+
+def sharded_init(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> State:
+    """A fresh state created directly in its shardings (no device ever holds the whole of a split tensor)."""
+    shardings = jax.tree_util.tree_map(lambda s: s.sharding, abstract_state(cfg, model_cfg, tx, mesh))
+    return jax.jit(lambda: init_state(cfg, model_cfg, tx), out_shardings=shardings)()
+
+
+def check_mesh(cfg: TrainConfig, mesh: Mesh) -> None:
+    """The micro-batch must split evenly over the batch axes of ``mesh``."""
+    micro = cfg.training.batch_size // cfg.training.grad_accum
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if micro % ways:
+        raise ConfigError(
+            f"training.batch_size: the micro-batch ({micro} = batch_size / grad_accum) must be divisible by "
+            f"mesh data x fsdp = {ways} (mesh {dict(mesh.shape)})"
+        )
+
+
+def in_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """``fn`` called inside ``jax.set_mesh(mesh)`` (so the FSDP weight gather sees the mesh)."""
+
+    def call(*args):
+        with jax.set_mesh(mesh):
+            return fn(*args)
+
+    def lower(*args):
+        with jax.set_mesh(mesh):
+            return fn.lower(*args)
+
+    call.lower = lower  # type: ignore[attr-defined]  (for inspecting the compiled program)
+    return call
 
 
 def make_train_step(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
@@ -148,17 +194,22 @@ def make_train_step(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.Gradient
         metrics = {"loss": jnp.mean(losses), "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
         return new, metrics
 
+    shardings = jax.tree_util.tree_map(lambda s: s.sharding, abstract_state(cfg, model_cfg, tx, mesh))
     rep = replicated(mesh)
-    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0)
+    jitted = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, rep),
+                     donate_argnums=0)
+    return in_mesh(jitted, mesh)
 
 
 def make_eval_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: Mesh):
     """The jitted ``eval(params, windows [B, T + 1]) -> mean nll``."""
     module = make_module(model_cfg)
     quantize = cfg.training.quantize
-    rep = replicated(mesh)
-    return jax.jit(
+    tx = make_optimizer(cfg)
+    params = jax.tree_util.tree_map(lambda s: s.sharding, abstract_state(cfg, model_cfg, tx, mesh)["params"])
+    jitted = jax.jit(
         lambda p, w: token_nll(module, p, w, quantize),
-        in_shardings=(rep, NamedSharding(mesh, P("data", None))),
-        out_shardings=rep,
+        in_shardings=(params, NamedSharding(mesh, P(BATCH_AXES, None))),
+        out_shardings=replicated(mesh),
     )
+    return in_mesh(jitted, mesh)
