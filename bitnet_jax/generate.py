@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitnet_jax import sharding
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import BitNetError
 from bitnet_jax.loading import BitNetModel
@@ -62,7 +63,7 @@ def forward(model: BitNetModel, tokens: jax.Array | np.ndarray | Sequence[Sequen
             f"tokens length {arr.shape[1]} exceeds the context ({model.config.max_position_embeddings})"
         )
     _check_ids(arr, model.config, "tokens")
-    return _forward(model.params, jnp.asarray(arr, jnp.int32), _module(model))
+    return _forward(model.params, sharding.place_batch(arr.astype(np.int32), model.params), _module(model))
 
 
 @flax.struct.dataclass
@@ -183,8 +184,8 @@ def _prepare(model: BitNetModel, prompts, max_new_tokens, temperature, top_k, to
     stops = config.eos_token_ids if stop_tokens is None else tuple(int(t) for t in stop_tokens)
     stop_arr = np.array(stops or (PAD_ID - 1,), np.int32)  # an id no token can match when there are none
     return dict(
-        tokens=jnp.asarray(tokens),
-        lengths=jnp.asarray(lengths),
+        tokens=sharding.place_batch(tokens, model.params),
+        lengths=sharding.place_batch(lengths, model.params),
         rng=jax.random.PRNGKey(seed),
         sampling=sampling,
         stop_tokens=jnp.asarray(stop_arr),

@@ -232,6 +232,20 @@ def ternary_matmul(
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(rows, None))(x, packed)
 
 
+def place_batch(array: Any, params: Any) -> jax.Array:
+    """An input batch ``[B, ...]`` placed next to ``params``: rows split over ``data`` when the params live
+    on a mesh whose ``data`` axis divides ``B`` (each replica then works on its own rows), else as is."""
+    leaves = jax.tree_util.tree_leaves(params)
+    where = getattr(leaves[0], "sharding", None) if leaves else None
+    if not isinstance(where, NamedSharding) or "data" not in where.mesh.axis_names:
+        return jax.numpy.asarray(array)
+    replicas = where.mesh.shape["data"]
+    if replicas == 1 or np.shape(array)[0] % replicas:
+        return jax.numpy.asarray(array)
+    spec = PartitionSpec("data", *([None] * (np.ndim(array) - 1)))
+    return place(np.asarray(array), NamedSharding(where.mesh, spec))
+
+
 def device_bytes(tree: Any) -> dict[Any, int]:
     """Bytes of ``tree``'s arrays resident on each addressable device."""
     out: dict[Any, int] = {}

@@ -91,6 +91,7 @@ def describe(text: str) -> list[dict]:
 
 def checks() -> dict:
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from bitnet_jax import MeshConfig, forward, generate, make_mesh, shard
@@ -113,6 +114,15 @@ def checks() -> dict:
     res["argmax_equal"] = bool((logits.argmax(-1) == ref_logits.argmax(-1)).all())
     res["tokens_ref"] = ref_tokens
     res["tokens_sharded"] = [t.tolist() for t in generate(sharded, PROMPTS, max_new_tokens=NEW_TOKENS, stop_tokens=())]
+    # data parallelism: the generation loop's batch (and KV cache) split over the two `data` replicas
+    gen = importlib.import_module("bitnet_jax.generate")
+    prep = gen._prepare(sharded, PROMPTS, NEW_TOKENS, 0.0, None, None, 0, ())
+    res["generate_tokens_spec"] = str(prep["tokens"].sharding.spec)
+    compiled = gen._generate_loop.lower(
+        sharded.params, prep["tokens"], prep["lengths"], jnp.int32(NEW_TOKENS), prep["rng"], prep["sampling"],
+        prep["stop_tokens"], module=gen._module(sharded), cache_len=prep["cache_len"], out_len=prep["out_len"],
+    ).compile()
+    res["generate_output_specs"] = [str(s.spec) for s in jax.tree_util.tree_leaves(compiled.output_shardings)]
 
     def packed_only(params):
         return jax.tree_util.tree_map_with_path(
@@ -130,7 +140,8 @@ def checks() -> dict:
     texts = compiled_texts(sharded)
     res["forward_collectives"] = describe(texts["forward"])
     res["generate_collectives"] = describe(texts["generate"])
-    kv_local = f"f32[{len(PROMPTS)},{texts['cache_len']},{cfg.num_key_value_heads // 4},{cfg.head_size}]"
+    # data=2 x tensor=4: batch rows split over `data`, KV heads over `tensor`
+    kv_local = f"f32[{len(PROMPTS) // 2},{texts['cache_len']},{cfg.num_key_value_heads // 4},{cfg.head_size}]"
     kv_global = f"f32[{len(PROMPTS)},{texts['cache_len']},{cfg.num_key_value_heads},{cfg.head_size}]"
     res["kv_cache_local_shape_count"] = texts["generate"].count(kv_local)
     res["kv_cache_global_shape_count"] = texts["generate"].count(kv_global)
