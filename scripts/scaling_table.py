@@ -54,12 +54,13 @@ def fmt(nbytes: float) -> str:
 
 
 def models_table() -> str:
-    rows = ["| model | ternary weights | packed (2 bit) | bf16 | f32 | embedding/head (f32) | KV / token (bf16) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| model | ternary weights | packed (2 bit) | bf16 | f32 | embedding/head bf16 (inference) / f32 (training) "
+            "| KV / token (bf16) |", "|---|---|---|---|---|---|---|"]
     for m in MODELS:
         rows.append(
             f"| {m.name} | {m.ternary / 1e9:.2f} B | {fmt(m.ternary / 4)} | {fmt(2 * m.ternary)} | "
-            f"{fmt(4 * m.ternary)} | {fmt(4 * m.float_params)} | {m.kv_bytes_per_token() / 1e3:.0f} KB |"
+            f"{fmt(4 * m.ternary)} | {fmt(2 * m.float_params)} / {fmt(4 * m.float_params)} | "
+            f"{m.kv_bytes_per_token() / 1e3:.0f} KB |"
         )
     return "\n".join(rows)
 
@@ -70,7 +71,7 @@ def inference_table(context: int = 4096, batch: int = 8) -> str:
     for m in MODELS:
         cells = []
         for t in MESHES:
-            weights = m.ternary / 4 / t + 4 * m.float_params / t
+            weights = m.ternary / 4 / t + 2 * m.float_params / t  # the embedding/head loads in bf16
             kv = m.kv_bytes_per_token() * context * batch / math.gcd(t, m.kv)  # KV heads split where they divide
             cells.append(f"{fmt(weights)} + {fmt(kv)}")
         rows.append(f"| {m.name} | " + " | ".join(cells) + " |")
