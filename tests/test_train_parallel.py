@@ -112,8 +112,9 @@ def test_two_processes_checkpoint_collectively_and_resume_on_four_devices(refere
     _assert_close(reference[:2], _metrics(run))
     exported = from_pretrained(tmp_path / "exported")  # written once, by process 0
     assert exported.config.num_hidden_layers == 2 and exported.tokenizer is not None
-    # resume the 8-device (2-process) checkpoint on one process with 4 devices and a different mesh
-    _worker(4, "run", str(run), str(STEPS), str(STEPS), json.dumps({"fsdp": 4}))
+    # resume the 8-device checkpoint on 2 processes x 2 devices with another mesh (a collective read)
+    launch(WORKER + ["run", str(run), str(STEPS), str(STEPS), json.dumps({"fsdp": 4})], 2, devices_per_process=2,
+           timeout=300, init_timeout=60, heartbeat_timeout=30)
     _assert_close(reference, _metrics(run))
 
 
