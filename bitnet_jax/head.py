@@ -62,7 +62,7 @@ def quantize_head_params(params: dict, tie_word_embeddings: bool) -> dict:
         raise ValueError(f"the head is already int8 ({scales_name!r} is present)")
     out = dict(params)
     codes, scale = quantize_table(params[name])
-    out[name] = jnp.asarray(codes)
+    out[name] = jnp.asarray(codes).block_until_ready()  # the transfer holds ``codes`` until it completes
     out[scales_name] = jnp.asarray(scale)
     return out
 

@@ -79,12 +79,14 @@ def _to_device(tree: dict) -> None:
 
     Dropping each host copy as soon as its device copy exists keeps the loader's peak memory at the
     checkpoint plus one tensor, instead of the checkpoint plus a whole host tree plus a whole device tree.
+    Each copy is waited for: the transfer holds its host array until it completes, so without the
+    wait the host copies would be released some time after loading returns.
     """
     for key, value in tree.items():
         if isinstance(value, dict):
             _to_device(value)
         else:
-            tree[key] = jnp.asarray(value)
+            tree[key] = jnp.asarray(value).block_until_ready()
             del value
 
 
@@ -98,7 +100,7 @@ def model_from_checkpoint(ckpt: Checkpoint, kernel_backend: str | None = None) -
     table_dtype = jnp.dtype(ckpt.config.dtype)
     for name in ("embed_tokens", "lm_head"):
         if name in params:
-            params[name] = jnp.asarray(params[name].astype(table_dtype, copy=False))
+            params[name] = jnp.asarray(params[name].astype(table_dtype, copy=False)).block_until_ready()
     _to_device(params)
     return BitNetModel(ckpt.config, params, ckpt.tokenizer, packed=True, kernel_backend=kernel_backend)
 
