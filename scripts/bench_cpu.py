@@ -147,10 +147,12 @@ def measure_read_bandwidth(threads: int, nbytes: int = BANDWIDTH_PROBE_BYTES, re
 
 
 def _git_commit() -> str:
+    """HEAD's hash, ``+dirty`` when tracked code differs from it (result files under benchmarks/ do not count)."""
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/benchmarks"],
+                               capture_output=True, text=True, cwd=here)
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
