@@ -6,7 +6,8 @@ int8 head (as bitnet.cpp quantizes its embedding) stores the table as ``codes in
 like every BitLinear input (absmax int8), takes the exact int32 product and rescales: about half the
 bytes of a bfloat16 head per decoded token. In the parameter tree, the presence of ``embed_scales``
 (tied head) or ``lm_head_scales`` (untied) next to the int8 table selects it; :func:`quantize_head_params`
-converts a float tree. On CPU both run as C++ kernels (:mod:`pallas_kernels.cpu`), elsewhere as XLA dots.
+converts a float tree and :func:`with_int8_head` a loaded model. On CPU both heads run as C++ kernels
+(:mod:`pallas_kernels.cpu`), elsewhere as XLA dots.
 """
 
 from __future__ import annotations
