@@ -1,4 +1,8 @@
-"""``bitnet-jax perplexity --model PATH FILE``: token-level perplexity of a model on a text file."""
+"""``bitnet-jax perplexity --model PATH FILE``: token-level perplexity of a model on a text file.
+
+``--head int8`` scores with the head table quantized to int8 per row (:mod:`bitnet_jax.head`), to
+measure what the quantized head costs.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +43,10 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     from bitnet_jax.cli import _load
 
     model = _load(args.model, args.dtype)
+    if args.head == "int8":
+        from bitnet_jax.head import with_int8_head
+
+        model = with_int8_head(model)
     if model.tokenizer is None:
         raise BitNetError(f"{args.model or 'default model'}: the model has no tokenizer.json; cannot tokenize {args.file}")
     path = Path(args.file)
@@ -63,4 +71,6 @@ def add_parser(sub) -> None:
     p.add_argument("--seq-len", type=int, default=None, help="window length (default: the model context)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    p.add_argument("--head", choices=("exact", "int8"), default="exact",
+                   help="output head: exact float table (default) or int8 with per-row scales")
     p.set_defaults(func=_cmd_perplexity)

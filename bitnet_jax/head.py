@@ -6,11 +6,13 @@ int8 head (as bitnet.cpp quantizes its embedding) stores the table as ``codes in
 like every BitLinear input (absmax int8), takes the exact int32 product and rescales: about half the
 bytes of a bfloat16 head per decoded token. In the parameter tree, the presence of ``embed_scales``
 (tied head) or ``lm_head_scales`` (untied) next to the int8 table selects it; :func:`quantize_head_params`
-converts a float tree. On CPU both run as C++ kernels (:mod:`pallas_kernels.cpu`), elsewhere as XLA dots.
+converts a float tree and :func:`with_int8_head` a loaded model. On CPU both heads run as C++ kernels
+(:mod:`pallas_kernels.cpu`), elsewhere as XLA dots.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -23,12 +25,28 @@ from bitnet_jax import quant
 INT8_MAX = 127
 
 
+QUANTIZE_ROWS = 4096  # rows per chunk: float32 temporaries stay ~40 MB even for a 128256-row table
+
+
 def quantize_table(table: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row absmax int8: ``codes = clip(round(t * 127 / max|row|), -127, 127)``, ``scale = max|row| / 127``."""
-    t = np.asarray(table, dtype=np.float32)
-    amax = np.max(np.abs(t), axis=1)
-    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
-    codes = np.clip(np.rint(t / scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    """Per-row absmax int8: ``codes = clip(round(t * 127 / max|row|), -127, 127)``, ``scale = max|row| / 127``.
+
+    Works through the rows in chunks, so the only full-size array it allocates is the int8 result.
+    """
+    table = np.asarray(table)
+    if table.ndim != 2:
+        raise ValueError(f"the head table must be 2-D [vocab, hidden], got shape {table.shape}")
+    codes = np.empty(table.shape, np.int8)
+    scale = np.empty(table.shape[0], np.float32)
+    for start in range(0, table.shape[0], QUANTIZE_ROWS):
+        rows = slice(start, start + QUANTIZE_ROWS)
+        t = table[rows].astype(np.float32)
+        amax = np.max(np.abs(t), axis=1)
+        s = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+        np.rint(t / s[:, None], out=t)
+        np.clip(t, -INT8_MAX, INT8_MAX, out=t)
+        codes[rows] = t
+        scale[rows] = s
     return codes, scale
 
 
@@ -38,12 +56,24 @@ def quantize_head_params(params: dict, tie_word_embeddings: bool) -> dict:
     Tied: ``embed_tokens`` becomes int8 (lookup and head both use it) plus ``embed_scales [V]``;
     untied: ``lm_head`` becomes int8 plus ``lm_head_scales [V]`` and the embedding stays as it is.
     """
-    out = dict(params)
     name, scales_name = ("embed_tokens", "embed_scales") if tie_word_embeddings else ("lm_head", "lm_head_scales")
+    if name not in params:
+        raise ValueError(f"the parameter tree has no {name!r} table (tie_word_embeddings={tie_word_embeddings})")
+    if scales_name in params:
+        raise ValueError(f"the head is already int8 ({scales_name!r} is present)")
+    out = dict(params)
     codes, scale = quantize_table(params[name])
-    out[name] = jnp.asarray(codes)
+    out[name] = jnp.asarray(codes).block_until_ready()  # the transfer holds ``codes`` until it completes
     out[scales_name] = jnp.asarray(scale)
     return out
+
+
+def with_int8_head(model: Any) -> Any:
+    """The same :class:`~bitnet_jax.loading.BitNetModel` with its head table quantized to int8 per row."""
+    if not model.packed:
+        raise ValueError("the int8 head is an inference option; this model is in training (latent float) form")
+    params = quantize_head_params(model.params, model.config.tie_word_embeddings)
+    return dataclasses.replace(model, params=params)
 
 
 def _use_cpu_kernel(backend: str | None) -> bool:

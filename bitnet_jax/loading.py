@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from bitnet_jax.checkpoint import Checkpoint, checkpoint_to_params
@@ -66,6 +66,30 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return read_gguf_checkpoint(path)
 
 
+def release_host_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps a loader's freed temporaries mapped otherwise)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: glibc when it is there
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _to_device(tree: dict) -> None:
+    """Replace every NumPy leaf of ``tree`` by a device array in place, one leaf at a time.
+
+    Dropping each host copy as soon as its device copy exists keeps the loader's peak memory at the
+    checkpoint plus one tensor, instead of the checkpoint plus a whole host tree plus a whole device tree.
+    Each copy is waited for: the transfer holds its host array until it completes, so without the
+    wait the host copies would be released some time after loading returns.
+    """
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _to_device(value)
+        else:
+            tree[key] = jnp.asarray(value).block_until_ready()
+            del value
+
+
 def model_from_checkpoint(ckpt: Checkpoint, kernel_backend: str | None = None) -> BitNetModel:
     """Turn a :class:`Checkpoint` into a packed :class:`BitNetModel` on the default device.
 
@@ -76,9 +100,16 @@ def model_from_checkpoint(ckpt: Checkpoint, kernel_backend: str | None = None) -
     table_dtype = jnp.dtype(ckpt.config.dtype)
     for name in ("embed_tokens", "lm_head"):
         if name in params:
-            params[name] = params[name].astype(table_dtype)
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+            params[name] = jnp.asarray(params[name].astype(table_dtype, copy=False)).block_until_ready()
+    _to_device(params)
     return BitNetModel(ckpt.config, params, ckpt.tokenizer, packed=True, kernel_backend=kernel_backend)
+
+
+def _read_with_dtype(path: str | Path, dtype: str | None) -> Checkpoint:
+    ckpt = read_checkpoint(path)
+    if dtype is not None:
+        ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(dtype=dtype))
+    return ckpt
 
 
 def from_pretrained(
@@ -86,13 +117,15 @@ def from_pretrained(
 ) -> BitNetModel:
     """Load a BitNet b1.58 model (transformers directory or GGUF file), ternary weights kept packed.
 
-    ``dtype`` overrides the activation dtype (``"float32"`` or ``"bfloat16"``).
+    ``dtype`` overrides the activation dtype (``"float32"`` or ``"bfloat16"``). The checkpoint's host
+    copies are freed (and the freed heap returned to the OS) before this returns, so the process keeps
+    only the packed parameters.
 
     >>> model = from_pretrained("path/to/bitnet-dir")          # doctest: +SKIP
     >>> model.config.hidden_size                                # doctest: +SKIP
     2560
     """
-    ckpt = read_checkpoint(path)
-    if dtype is not None:
-        ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(dtype=dtype))
-    return model_from_checkpoint(ckpt, kernel_backend)
+    # no local name holds the checkpoint: it is freed as soon as the conversion returns
+    model = model_from_checkpoint(_read_with_dtype(path, dtype), kernel_backend)
+    release_host_memory()
+    return model

@@ -51,3 +51,16 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 def test_invalid_sampling_argument_is_reported(tiny_dir, capsys):
     assert main(["generate", "--model", str(tiny_dir), "x", "--top-p", "0"]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+def test_perplexity_int8_head_flag(tiny_dir, tmp_path, capsys):
+    text = tmp_path / "t.py"
+    text.write_text("def add(a, b):\n    return a + b\n" * 10)
+    ppl = {}
+    for head in ("exact", "int8"):
+        assert main(["perplexity", "--model", str(tiny_dir), "--seq-len", "32", "--head", head, str(text)]) == 0
+        ppl[head] = float(capsys.readouterr().out.split("perplexity:")[1])
+    assert ppl["int8"] != ppl["exact"]  # the flag changes the head ...
+    assert abs(ppl["int8"] / ppl["exact"] - 1) < 0.05  # ... by quantization noise only
+    with pytest.raises(SystemExit):
+        main(["perplexity", "--model", str(tiny_dir), "--head", "int4", str(text)])

@@ -105,3 +105,39 @@ def test_model_with_int8_head_runs_and_stays_close(preset):
     assert quantized.shape == exact.shape
     rel = np.abs(quantized - exact).max() / np.abs(exact).max()
     assert 0 < rel < 0.05
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+def test_quantize_table_chunks_match_one_pass(dtype):
+    """Row chunking (the table is quantized QUANTIZE_ROWS rows at a time) changes no code or scale."""
+    rng = np.random.default_rng(2)
+    rows = 2 * head_lib.QUANTIZE_ROWS + 5
+    table = np.array(jnp.asarray(rng.standard_normal((rows, 24)).astype(np.float32)).astype(dtype))
+    table[7] = 0.0
+    t = table.astype(np.float32)
+    amax = np.abs(t).max(axis=1)
+    scale = np.where(amax > 0, amax / 127, 1.0).astype(np.float32)
+    ref = np.clip(np.rint(t / scale[:, None]), -127, 127).astype(np.int8)
+    codes, got_scale = head_lib.quantize_table(table)
+    np.testing.assert_array_equal(codes, ref)
+    np.testing.assert_array_equal(got_scale, scale)
+
+
+def test_quantize_head_params_rejects_bad_trees(tiny_model):
+    params = head_lib.quantize_head_params(tiny_model.params, True)
+    with pytest.raises(ValueError, match="already int8"):
+        head_lib.quantize_head_params(params, True)
+    with pytest.raises(ValueError, match="no 'lm_head'"):
+        head_lib.quantize_head_params(tiny_model.params, False)
+    with pytest.raises(ValueError, match="2-D"):
+        head_lib.quantize_table(np.zeros(5, np.float32))
+
+
+def test_with_int8_head_keeps_the_model_and_needs_packed_form(tiny_model):
+    from conftest import random_model
+
+    int8 = head_lib.with_int8_head(tiny_model)
+    assert int8.config is tiny_model.config and int8.params["embed_tokens"].dtype == jnp.int8
+    assert tiny_model.params["embed_tokens"].dtype != jnp.int8  # the original is untouched
+    with pytest.raises(ValueError, match="training"):
+        head_lib.with_int8_head(random_model("tiny", packed=False))
