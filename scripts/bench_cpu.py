@@ -55,6 +55,7 @@ from bitnet_jax.checkpoint import Checkpoint, random_checkpoint
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.loading import BitNetModel, model_from_checkpoint, read_checkpoint, release_host_memory
 from bitnet_jax.model import Transformer, init_cache
+from bench_results import git_commit, write_json  # scripts/bench_results.py
 
 BANDWIDTH_REFERENCE_GBS = (28.0, 33.0)  # the facts sheet's read bandwidth for this machine type
 BANDWIDTH_PROBE_BYTES = 1 << 30
@@ -146,16 +147,6 @@ def measure_read_bandwidth(threads: int, nbytes: int = BANDWIDTH_PROBE_BYTES, re
     return round(nbytes / best / 1e9, 2)
 
 
-def _git_commit() -> str:
-    """HEAD's hash, ``+dirty`` when tracked code differs from it (result files under benchmarks/ do not count)."""
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/benchmarks"],
-                               capture_output=True, text=True, cwd=here)
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def set_mmap_threshold(nbytes: int) -> None:
@@ -589,17 +580,14 @@ def main() -> None:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
     }
     if record["llamacpp_decode_tok_s"]:
         record["decode_ratio_vs_llamacpp"] = round(decode / record["llamacpp_decode_tok_s"], 3)
         record["prefill_ratio_vs_llamacpp"] = round(prefill / record["llamacpp_prefill_tok_s"], 3)
     print(json.dumps(record, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        write_json(args.json, record)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import datetime
 import importlib
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,15 +26,11 @@ import numpy as np
 import bitnet_jax as bj
 from bitnet_jax.checkpoint import random_checkpoint
 from bitnet_jax.loading import model_from_checkpoint
+from bench_results import git_commit, write_json  # scripts/bench_results.py
 
 gen = importlib.import_module("bitnet_jax.generate")
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def timed(fn, repeats: int) -> float:
@@ -106,12 +101,11 @@ def main() -> None:
         cpu=platform.processor() or platform.machine(),
         jax_version=jax.__version__,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        commit=_git_commit(),
+        commit=git_commit(),
     )
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

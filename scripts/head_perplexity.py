@@ -22,8 +22,6 @@ import argparse
 import datetime
 import json
 import math
-import os
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -38,6 +36,7 @@ from bitnet_jax.cli import DEFAULT_MODEL
 from bitnet_jax.cli_perplexity import perplexity
 from bitnet_jax.head import with_int8_head
 from bitnet_jax.loading import from_pretrained
+from bench_results import git_commit, write_json  # scripts/bench_results.py
 
 VALIDATION_FILES = ("ipaddress.py", "trace.py", "uu.py", "weakref.py")  # default-model.yaml's held-out split
 SUBPACKAGES = ("json", "http", "logging", "urllib", "concurrent/futures")
@@ -62,12 +61,6 @@ def token_ids(model: Any, path: Path) -> list[int]:
     return model.tokenizer.encode(text, add_bos=model.config.bos_token_id is not None)
 
 
-def _git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -125,14 +118,11 @@ def main() -> None:
         "jax_version": jax.__version__,
         "numpy_version": np.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": git_commit(),
     }
     print(json.dumps(record, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        write_json(args.json, record)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""Shared by the benchmark scripts: the commit a result was measured at, and atomic JSON result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def git_commit() -> str:
+    """HEAD's hash, ``+dirty`` when tracked code differs from it (result files under benchmarks/ do not count)."""
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/benchmarks"],
+                               capture_output=True, text=True, cwd=here)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` as indented JSON, atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
