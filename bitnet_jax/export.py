@@ -13,6 +13,7 @@ from bitnet_jax.errors import CheckpointError
 from bitnet_jax.loading import BitNetModel, read_checkpoint
 from bitnet_jax.quant import quantize_weights
 import pallas_kernels
+from bitnet_jax.model import unstack_layers
 from pallas_kernels.layout import pack_rows4
 
 FORMATS = ("hf", "gguf")
@@ -28,6 +29,8 @@ def packed_params(model: BitNetModel) -> dict:
     """The packed parameter tree of ``model`` as NumPy with ``rows4`` codes (whatever the kernel layout);
     a training-form model is quantized (absmean) first."""
     params = jax.tree_util.tree_map(np.asarray, jax.device_get(model.params))
+    if model.scan_layers:
+        params = unstack_layers(params)
     if model.packed:
         for name, (_, in_f) in ternary_linears(model.config):
             node = _get(params, hf_name_to_param_path(name + ".weight")[:-1])

@@ -36,7 +36,7 @@ class GenerationError(BitNetError, ValueError):
 
 
 def _module(model: BitNetModel) -> Transformer:
-    return Transformer(model.config, model.packed, model.kernel_backend)
+    return Transformer(model.config, model.packed, model.kernel_backend, scan_layers=model.scan_layers)
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
@@ -90,7 +90,7 @@ def _emit(state: SamplerState, logits, sampling, stop_tokens) -> SamplerState:
 
 def _prefill(params, tokens, lengths, rng, sampling, stop_tokens, module: Transformer, cache_len: int, out_len: int):
     b = tokens.shape[0]
-    cache = init_cache(module.config, b, cache_len)
+    cache = init_cache(module.config, b, cache_len, stacked=module.scan_layers)
     logits, cache = module.apply({"params": params}, tokens, None, cache, lengths - 1)
     state = SamplerState(
         step=jnp.int32(0),

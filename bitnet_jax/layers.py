@@ -15,16 +15,29 @@ Dtype = Any
 INIT_STD = 0.02
 
 
+def layer_param(module: nn.Module, name: str, init: Any, shape: tuple, dtype: Any, layers: int, layer: Any) -> jax.Array:
+    """A parameter of one layer: plain, or (``layers > 0``) row ``layer`` of a ``[layers, *shape]`` stack."""
+    if not layers:
+        return module.param(name, init, shape, dtype)
+    stack = module.param(name, lambda key, s, d: jax.vmap(lambda k: init(k, s[1:], d))(jax.random.split(key, s[0])),
+                         (layers, *shape), dtype)
+    return jax.lax.dynamic_index_in_dim(stack, layer, keepdims=False)
+
+
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32: ``w * x * rsqrt(mean(x^2) + eps)``."""
+    """Root-mean-square norm computed in float32: ``w * x * rsqrt(mean(x^2) + eps)``.
+
+    ``layers > 0``: the weight is a stack over layers and ``__call__`` takes the ``layer`` index.
+    """
 
     features: int
     eps: float
     dtype: Dtype = jnp.float32
+    layers: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        weight = self.param("weight", nn.initializers.ones, (self.features,), jnp.float32)
+    def __call__(self, x: jax.Array, layer: Any = None) -> jax.Array:
+        weight = layer_param(self, "weight", nn.initializers.ones, (self.features,), jnp.float32, self.layers, layer)
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return weight.astype(self.dtype) * normed.astype(self.dtype)
@@ -65,10 +78,13 @@ class BitLinear(nn.Module):
     dtype: Dtype = jnp.float32
     kernel_backend: str | None = None
     quantize: bool = True
+    layers: int = 0  # > 0: packed weights of every layer in one stack, indexed by ``layer`` (scanned layers)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, layer: Any = None) -> jax.Array:
         in_features = x.shape[-1]
+        if self.layers and not self.packed:
+            raise ValueError("BitLinear: stacked layers (layers > 0) exist only in the packed inference form")
         if not self.packed:
             w = self.param("weight", nn.initializers.normal(INIT_STD), (self.features, in_features), jnp.float32)
             if self.quantize:
@@ -80,10 +96,17 @@ class BitLinear(nn.Module):
             wq = jax.random.randint(key, (self.features, in_features), -1, 2, dtype=jnp.int8)
             return pallas_kernels.pack(wq, self.kernel_backend)
 
-        w_packed = self.param("weight_packed", init_packed, None)
-        scale = self.param("weight_scale", nn.initializers.constant(INIT_STD), (), jnp.float32)
+        if self.layers:  # every layer's codes in one stack; the kernel reads layer `layer` in place
+            init_stack = lambda key, _: jnp.stack([init_packed(k, None) for k in jax.random.split(key, self.layers)])
+            w_packed = self.param("weight_packed", init_stack, None)
+        else:
+            w_packed = self.param("weight_packed", init_packed, None)
+        scale = layer_param(self, "weight_scale", nn.initializers.constant(INIT_STD), (), jnp.float32, self.layers, layer)
         xq, s_x = quant.quantize_activations(x)
         lead = x.shape[:-1]
-        acc = sharding.ternary_matmul(xq.reshape(-1, in_features), w_packed, backend=self.kernel_backend)
+        if self.layers:
+            acc = pallas_kernels.ternary_matmul_stacked(xq.reshape(-1, in_features), w_packed, layer, backend=self.kernel_backend)
+        else:
+            acc = sharding.ternary_matmul(xq.reshape(-1, in_features), w_packed, backend=self.kernel_backend)
         acc = acc.reshape(*lead, self.features).astype(jnp.float32)
         return (acc / s_x * scale).astype(self.dtype)

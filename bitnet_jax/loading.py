@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from bitnet_jax.checkpoint import Checkpoint, checkpoint_to_params
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError
+from bitnet_jax.model import stack_layers
 
 GGUF_MAGIC = b"GGUF"
 
@@ -29,6 +30,7 @@ class BitNetModel:
     tokenizer: Any = None
     packed: bool = True
     kernel_backend: str | None = None
+    scan_layers: bool = False  # layer parameters stacked for one scanned layer body (see model.Transformer)
 
 
 def detect_format(path: Path) -> str:
@@ -90,19 +92,25 @@ def _to_device(tree: dict) -> None:
             del value
 
 
-def model_from_checkpoint(ckpt: Checkpoint, kernel_backend: str | None = None) -> BitNetModel:
+def model_from_checkpoint(
+    ckpt: Checkpoint, kernel_backend: str | None = None, scan_layers: bool = False
+) -> BitNetModel:
     """Turn a :class:`Checkpoint` into a packed :class:`BitNetModel` on the default device.
 
     The embedding (and an untied head) are stored in the activation dtype: for a bfloat16 model that
-    halves the largest float tensor, and the head multiplies in that dtype anyway.
+    halves the largest float tensor, and the head multiplies in that dtype anyway. ``scan_layers``
+    stacks the layers' parameters for a model that compiles one layer body (:func:`stack_layers`).
     """
     params = checkpoint_to_params(ckpt, kernel_backend)
+    if scan_layers:
+        params = stack_layers(params, ckpt.config.num_hidden_layers)
     table_dtype = jnp.dtype(ckpt.config.dtype)
     for name in ("embed_tokens", "lm_head"):
         if name in params:
             params[name] = jnp.asarray(params[name].astype(table_dtype, copy=False)).block_until_ready()
     _to_device(params)
-    return BitNetModel(ckpt.config, params, ckpt.tokenizer, packed=True, kernel_backend=kernel_backend)
+    return BitNetModel(ckpt.config, params, ckpt.tokenizer, packed=True, kernel_backend=kernel_backend,
+                       scan_layers=scan_layers)
 
 
 def _read_with_dtype(path: str | Path, dtype: str | None) -> Checkpoint:
@@ -113,11 +121,13 @@ def _read_with_dtype(path: str | Path, dtype: str | None) -> Checkpoint:
 
 
 def from_pretrained(
-    path: str | Path, *, dtype: str | None = None, kernel_backend: str | None = None
+    path: str | Path, *, dtype: str | None = None, kernel_backend: str | None = None, scan_layers: bool = False
 ) -> BitNetModel:
     """Load a BitNet b1.58 model (transformers directory or GGUF file), ternary weights kept packed.
 
-    ``dtype`` overrides the activation dtype (``"float32"`` or ``"bfloat16"``). The checkpoint's host
+    ``dtype`` overrides the activation dtype (``"float32"`` or ``"bfloat16"``). ``scan_layers=True``
+    compiles one layer body instead of one per layer (same outputs, much less compiled code; not for
+    :func:`bitnet_jax.shard`). The checkpoint's host
     copies are freed (and the freed heap returned to the OS) before this returns, so the process keeps
     only the packed parameters.
 
@@ -126,6 +136,6 @@ def from_pretrained(
     2560
     """
     # no local name holds the checkpoint: it is freed as soon as the conversion returns
-    model = model_from_checkpoint(_read_with_dtype(path, dtype), kernel_backend)
+    model = model_from_checkpoint(_read_with_dtype(path, dtype), kernel_backend, scan_layers)
     release_host_memory()
     return model

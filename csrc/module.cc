@@ -8,6 +8,7 @@
 #include "common.h"
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetTernaryMatmulCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetTernaryMatmulStackedCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetHeadFloatCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetHeadInt8Cpu);
 
@@ -54,7 +55,8 @@ namespace {
 PyObject* capsule(void* fn) { return PyCapsule_New(fn, nullptr, nullptr); }
 
 PyObject* py_handlers(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:N,s:N,s:N}", "ternary_matmul", capsule(reinterpret_cast<void*>(&BitnetTernaryMatmulCpu)),
+  return Py_BuildValue("{s:N,s:N,s:N,s:N}", "ternary_matmul", capsule(reinterpret_cast<void*>(&BitnetTernaryMatmulCpu)),
+                       "ternary_matmul_stacked", capsule(reinterpret_cast<void*>(&BitnetTernaryMatmulStackedCpu)),
                        "head_float", capsule(reinterpret_cast<void*>(&BitnetHeadFloatCpu)), "head_int8",
                        capsule(reinterpret_cast<void*>(&BitnetHeadInt8Cpu)));
 }

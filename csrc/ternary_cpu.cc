@@ -249,37 +249,25 @@ GroupsFn groups_fn(int level) {
   return groups_scalar;
 }
 
-ffi::Error TernaryMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::U8> w,
-                             ffi::ResultBuffer<ffi::S32> out) {
-  const auto xd = x.dimensions();
-  const auto wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2) {
-    return ffi::Error::InvalidArgument("bitnet_ternary_matmul_cpu: x and packed weights must be 2-D");
-  }
-  const int64_t m = xd[0], k = xd[1], n = wd[0];
-  const int64_t kp = (k + kBlockK - 1) / kBlockK * kBlockK;
-  if (wd[1] != kp / 4) {
-    return ffi::Error::InvalidArgument(
-        "bitnet_ternary_matmul_cpu: packed weights have " + std::to_string(wd[1]) +
-        " bytes per row, expected ceil(K/16)*4 = " + std::to_string(kp / 4) + " for K=" + std::to_string(k));
-  }
+// out [M, N] = x [M, K] (int8) times the tile16-packed weights starting at w (N rows).
+ffi::Error run_matmul(ffi::ThreadPool pool, const int8_t* xs, int64_t m, int64_t k, const uint8_t* w, int64_t n,
+                      int32_t* o) {
   if (m == 0 || n == 0) return ffi::Error::Success();
-  int32_t* o = out->typed_data();
   if (k == 0) {
     std::fill(o, o + m * n, 0);
     return ffi::Error::Success();
   }
+  const int64_t kp = (k + kBlockK - 1) / kBlockK * kBlockK;
   // Zero-padded copy of x (so every block reads 16 valid bytes) and the per-row sums.
   std::vector<int8_t> xpad(static_cast<size_t>(m * kp), 0);
   std::vector<int32_t> xsum(static_cast<size_t>(m));
-  const int8_t* xs = x.typed_data();
   for (int64_t i = 0; i < m; ++i) {
     std::memcpy(xpad.data() + i * kp, xs + i * k, static_cast<size_t>(k));
     int32_t s = 0;
     for (int64_t j = 0; j < k; ++j) s += xs[i * k + j];
     xsum[i] = s;
   }
-  const Problem problem{xpad.data(), xsum.data(), w.typed_data(), o, m, n, kp};
+  const Problem problem{xpad.data(), xsum.data(), w, o, m, n, kp};
   const GroupsFn fn = groups_fn(isa_level());
   const int64_t num_groups = (n + kGroup - 1) / kGroup;
   // At least ~64 KiB of weights per chunk keeps scheduling cheap; even sizes keep 2-group tiles whole.
@@ -293,6 +281,48 @@ ffi::Error TernaryMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::
   return ffi::Error::Success();
 }
 
+// Checks that rows of `bytes_per_row` bytes fit K (tile16: ceil(K/16)*4 bytes per row).
+ffi::Error check_row_bytes(int64_t bytes_per_row, int64_t k) {
+  const int64_t kp = (k + kBlockK - 1) / kBlockK * kBlockK;
+  if (bytes_per_row != kp / 4) {
+    return ffi::Error::InvalidArgument(
+        "bitnet_ternary_matmul_cpu: packed weights have " + std::to_string(bytes_per_row) +
+        " bytes per row, expected ceil(K/16)*4 = " + std::to_string(kp / 4) + " for K=" + std::to_string(k));
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error TernaryMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::U8> w,
+                             ffi::ResultBuffer<ffi::S32> out) {
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2) {
+    return ffi::Error::InvalidArgument("bitnet_ternary_matmul_cpu: x and packed weights must be 2-D");
+  }
+  if (ffi::Error e = check_row_bytes(wd[1], xd[1]); e.failure()) return e;
+  return run_matmul(pool, x.typed_data(), xd[0], xd[1], w.typed_data(), wd[0], out->typed_data());
+}
+
+// The same product with one layer's weights taken, in place, from a stack [L, N, bytes per row]: a
+// layer loop (lax.scan) hands over the whole stack and the layer index instead of a sliced copy.
+ffi::Error TernaryMatmulStackedImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::U8> stack,
+                                    ffi::Buffer<ffi::S32> layer, ffi::ResultBuffer<ffi::S32> out) {
+  const auto xd = x.dimensions();
+  const auto sd = stack.dimensions();
+  if (xd.size() != 2 || sd.size() != 3 || layer.element_count() != 1) {
+    return ffi::Error::InvalidArgument(
+        "bitnet_ternary_matmul_stacked_cpu: x must be 2-D, the stack 3-D and the layer index a scalar");
+  }
+  if (ffi::Error e = check_row_bytes(sd[2], xd[1]); e.failure()) return e;
+  const int64_t index = layer.typed_data()[0];
+  if (index < 0 || index >= sd[0]) {
+    return ffi::Error::InvalidArgument("bitnet_ternary_matmul_stacked_cpu: layer index " + std::to_string(index) +
+                                       " outside a stack of " + std::to_string(sd[0]) + " layers");
+  }
+  const uint8_t* w = stack.typed_data() + index * sd[1] * sd[2];
+  return run_matmul(pool, x.typed_data(), xd[0], xd[1], w, sd[1], out->typed_data());
+}
+
 }  // namespace
 }  // namespace bitnet
 
@@ -301,4 +331,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BitnetTernaryMatmulCpu, bitnet::TernaryMatmulImpl,
                                   .Ctx<xla::ffi::ThreadPool>()
                                   .Arg<xla::ffi::Buffer<xla::ffi::S8>>()
                                   .Arg<xla::ffi::Buffer<xla::ffi::U8>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BitnetTernaryMatmulStackedCpu, bitnet::TernaryMatmulStackedImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S8>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::U8>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S32>>()
                                   .Ret<xla::ffi::Buffer<xla::ffi::S32>>());

@@ -106,6 +106,19 @@ def ternary_matmul(
     return _IMPLS[chosen].ternary_matmul(x, packed, interpret=interpret)
 
 
+def ternary_matmul_stacked(
+    x: jax.Array, stack: jax.Array, layer: jax.Array, *, backend: str | None = None
+) -> jax.Array:
+    """:func:`ternary_matmul` with layer ``layer`` (a traced int32 scalar) of a stack ``[L, ...]`` of packed
+    weights. The ``cpu`` kernel reads that layer in place; other backends take a slice (a copy)."""
+    chosen = resolve_backend(backend)
+    if chosen == "cpu":
+        if x.dtype != jax.numpy.int8 or x.ndim != 2:
+            raise TypeError(f"ternary_matmul_stacked expects int8 x [M, K], got {x.dtype} {x.shape}")
+        return _IMPLS["cpu"].ternary_matmul_stacked(x, stack, layer)
+    return ternary_matmul(x, jax.lax.dynamic_index_in_dim(stack, layer, keepdims=False), backend=chosen)
+
+
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
@@ -115,6 +128,7 @@ __all__ = [
     "resolve_backend",
     "ternary_matmul",
     "ternary_matmul_reference",
+    "ternary_matmul_stacked",
     "unpack",
     "unpack_rows4",
 ]

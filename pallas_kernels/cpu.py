@@ -19,6 +19,7 @@ from pallas_kernels.layout import pack_tile16, tile16_bytes_per_row, unpack_tile
 
 LAYOUT = "tile16"
 TARGET_NAME = "bitnet_ternary_matmul_cpu"
+STACKED_TARGET = "bitnet_ternary_matmul_stacked_cpu"
 HEAD_FLOAT_TARGET = "bitnet_head_float_cpu"
 HEAD_INT8_TARGET = "bitnet_head_int8_cpu"
 
@@ -35,7 +36,8 @@ except ImportError as err:  # no compiler at install time, or a source checkout 
     )
 else:
     _handlers = _ext.handlers()
-    for _name, _key in ((TARGET_NAME, "ternary_matmul"), (HEAD_FLOAT_TARGET, "head_float"), (HEAD_INT8_TARGET, "head_int8")):
+    for _name, _key in ((TARGET_NAME, "ternary_matmul"), (STACKED_TARGET, "ternary_matmul_stacked"),
+                        (HEAD_FLOAT_TARGET, "head_float"), (HEAD_INT8_TARGET, "head_int8")):
         jax.ffi.register_ffi_target(_name, _handlers[_key], platform="cpu")
 
 AVAILABLE: bool = _ext is not None
@@ -75,19 +77,31 @@ def unpack(packed: Any, k: int) -> Any:
     return unpack_tile16(packed, k)
 
 
-def ternary_matmul(x: jax.Array, packed: jax.Array) -> jax.Array:
-    """Exact int32 ``x @ w.T`` from int8 ``x [M, K]`` and ``tile16``-packed ``w`` ``[N, ceil(K/16)*4]``."""
-    _require()
-    m, k = x.shape
-    if packed.ndim != 2 or packed.shape[1] != tile16_bytes_per_row(k):
+def _check_packed(packed: jax.Array, k: int, ndim: int, what: str) -> None:
+    if packed.ndim != ndim or packed.shape[-1] != tile16_bytes_per_row(k):
         raise ValueError(
-            f"tile16-packed weights for K={k} must have shape [N, {tile16_bytes_per_row(k)}], "
+            f"tile16-packed {what} for K={k} must have shape [{'L, ' * (ndim - 2)}N, {tile16_bytes_per_row(k)}], "
             f"got {tuple(packed.shape)}"
         )
     if packed.dtype != jnp.uint8:
-        raise TypeError(f"tile16-packed weights must be uint8, got {packed.dtype}")
-    out = jax.ShapeDtypeStruct((m, packed.shape[0]), jnp.int32)
+        raise TypeError(f"tile16-packed {what} must be uint8, got {packed.dtype}")
+
+
+def ternary_matmul(x: jax.Array, packed: jax.Array) -> jax.Array:
+    """Exact int32 ``x @ w.T`` from int8 ``x [M, K]`` and ``tile16``-packed ``w`` ``[N, ceil(K/16)*4]``."""
+    _require()
+    _check_packed(packed, x.shape[1], 2, "weights")
+    out = jax.ShapeDtypeStruct((x.shape[0], packed.shape[0]), jnp.int32)
     return jax.ffi.ffi_call(TARGET_NAME, out, vmap_method="sequential")(x, packed)
+
+
+def ternary_matmul_stacked(x: jax.Array, stack: jax.Array, layer: jax.Array) -> jax.Array:
+    """:func:`ternary_matmul` with layer ``layer`` of a ``[L, N, bytes]`` stack, read in place (no copy)."""
+    _require()
+    _check_packed(stack, x.shape[1], 3, "weight stack")
+    out = jax.ShapeDtypeStruct((x.shape[0], stack.shape[1]), jnp.int32)
+    index = jnp.asarray(layer, jnp.int32).reshape(())
+    return jax.ffi.ffi_call(STACKED_TARGET, out, vmap_method="sequential")(x, stack, index)
 
 
 def _check_head(x: jax.Array, table: jax.Array, x_dtypes: tuple, table_dtypes: tuple, what: str) -> None:

@@ -9,6 +9,8 @@ Usage::
 Decode runs one jitted single-token step per token with a host sync after each (as llama.cpp's
 ``tg``); prefill is one jitted call over ``--prompt-len`` tokens that fills the KV cache and returns the
 last token's logits (as ``pp``). Both steps update the KV cache in place (donated), as llama.cpp does.
+The model runs with ``scan_layers`` (one compiled layer body over stacked weights, read in place by
+the kernel; about 4 MB less compiled code per layer); ``--unrolled`` compiles every layer on its own.
 
 llama.cpp: where ``llama-cpp-python`` is installed (the ``bench`` extra), a worker process (this
 script with ``--llamacpp-worker``) builds the same checkpoint (same seed, or the same ``--model``),
@@ -179,13 +181,13 @@ def weight_bytes(params: dict) -> dict[str, int]:
     return {"body": int(body), "head": int(head), "total": int(sum(v.nbytes for _, v in leaves))}
 
 
-def make_steps(config: ModelConfig, backend: str) -> tuple[Callable, Callable]:
+def make_steps(config: ModelConfig, backend: str, scan_layers: bool = False) -> tuple[Callable, Callable]:
     """Jitted prefill(params, tokens [1, T], cache) and decode(params, token [1, 1], pos [1, 1], cache).
 
     Both return the greedy next token as ``[1, 1]`` and the updated cache; the cache argument is
     donated, so the cache is updated in place instead of copied every token.
     """
-    module = Transformer(config, packed=True, kernel_backend=backend)
+    module = Transformer(config, packed=True, kernel_backend=backend, scan_layers=scan_layers)
 
     def prefill(params, tokens, cache):
         last = jnp.array([tokens.shape[1] - 1], jnp.int32)
@@ -207,11 +209,12 @@ class JaxRunner:
         self.prompt = jnp.asarray(prompt[None, :])
         self.cache_len = len(prompt) + decode_tokens + 1
         self.positions = [jnp.full((1, 1), len(prompt) + i, jnp.int32) for i in range(decode_tokens)]
-        self.prefill_fn, self.decode_fn = make_steps(model.config, backend)
+        self.scan_layers = model.scan_layers
+        self.prefill_fn, self.decode_fn = make_steps(model.config, backend, model.scan_layers)
 
     def prefill(self) -> tuple[float, Any, Any]:
         """(seconds, next token, cache) of one prefill over the prompt into a fresh cache."""
-        cache = init_cache(self.config, 1, self.cache_len)
+        cache = init_cache(self.config, 1, self.cache_len, stacked=self.scan_layers)
         t0 = time.perf_counter()
         token, cache = self.prefill_fn(self.params, self.prompt, cache)
         token.block_until_ready()
@@ -382,7 +385,7 @@ def start_llamacpp(args: argparse.Namespace, workdir: Path) -> LlamaCppWorker | 
 
 def load_model(args: argparse.Namespace, backend: str) -> BitNetModel:
     """The packed model as the library loads it, with the requested head; host copies freed."""
-    model = model_from_checkpoint(make_checkpoint(args), backend)  # the checkpoint is freed on return
+    model = model_from_checkpoint(make_checkpoint(args), backend, args.scan_layers)  # the checkpoint is freed on return
     if args.head == "int8":
         model = head_lib.with_int8_head(model)
     elif args.table_dtype:
@@ -405,6 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--unrolled", dest="scan_layers", action="store_false",
+                   help="compile every layer on its own (default: scan_layers, one compiled layer body)")
     p.add_argument("--mmap-threshold", type=int, default=None,
                    help="fix glibc's mmap threshold (bytes) before loading, as MALLOC_MMAP_THRESHOLD_ would")
     p.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp side-by-side run")
@@ -464,7 +469,7 @@ def main() -> None:
         t0 = time.perf_counter()
         runner.prefill()  # compiles prefill
         runner.decode_fn(runner.params, jnp.zeros((1, 1), jnp.int32), runner.positions[0],
-                         init_cache(config, 1, runner.cache_len))[0].block_until_ready()  # compiles decode
+                         init_cache(config, 1, runner.cache_len, stacked=runner.scan_layers))[0].block_until_ready()  # compiles decode
         compile_s = time.perf_counter() - t0
         rss_compiled = settle_memory()
         runner.decode()  # warm-up, untimed
@@ -559,6 +564,7 @@ def main() -> None:
                                                       "num_attention_heads", "num_key_value_heads", "vocab_size",
                                                       "tie_word_embeddings", "dtype")},
             "head": args.head,
+            "scan_layers": args.scan_layers,
             "table_dtype": str(runner.params["embed_tokens" if config.tie_word_embeddings else "lm_head"].dtype),
             "kernel_backend": backend,
             "isa": pallas_kernels.cpu.isa() if backend == "cpu" else None,

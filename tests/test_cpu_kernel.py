@@ -164,3 +164,22 @@ def test_missing_extension_warns_and_falls_back_to_xla():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", [(1, 36, 50), (5, 64, 96), (130, 48, 33)])
+def test_stacked_kernel_reads_each_layer_in_place(shape, isa):
+    # the scan_layers form: the whole [L, N, bytes] stack and a traced layer index
+    m, n, k = shape
+    layers = [_random(m, n, k, seed) for seed in range(3)]
+    stack = jnp.stack([cpu.pack(w) for _, w in layers])
+    x = layers[0][0]
+    run = jax.jit(lambda x, s, i: pallas_kernels.ternary_matmul_stacked(x, s, i, backend="cpu"))
+    for i, (_, w) in enumerate(layers):
+        np.testing.assert_array_equal(np.asarray(run(x, stack, jnp.int32(i))), ternary_matmul_reference(x, w))
+    with pytest.raises(Exception, match="layer index 3 outside a stack of 3 layers"):
+        run(x, stack, jnp.int32(3)).block_until_ready()
+    # other backends slice the stack: the same products
+    xla = jax.jit(lambda x, s, i: pallas_kernels.ternary_matmul_stacked(x, s, i, backend="xla"))
+    xla_stack = jnp.stack([pallas_kernels.pack(w, "xla") for _, w in layers])
+    np.testing.assert_array_equal(np.asarray(xla(x, xla_stack, jnp.int32(2))), ternary_matmul_reference(x, layers[2][1]))
