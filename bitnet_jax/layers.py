@@ -71,6 +71,8 @@ class BitLinear(nn.Module):
     multiplicative dequantization scale ``1 / s_w``), activations quantized to int8, an exact int32
     product through the kernel dispatcher :func:`pallas_kernels.ternary_matmul` (made mesh-aware by
     :func:`bitnet_jax.sharding.ternary_matmul`), then the rescale ``acc / s_x * weight_scale``.
+    ``layers > 0`` (packed, for ``scan_layers`` models): both parameters are stacks over layers and
+    ``__call__`` takes the ``layer`` index (:func:`pallas_kernels.ternary_matmul_stacked`).
     """
 
     features: int
@@ -92,21 +94,21 @@ class BitLinear(nn.Module):
             xd, wd = x.astype(self.dtype), w.astype(self.dtype)
             return jnp.einsum("...k,nk->...n", xd, wd, preferred_element_type=jnp.float32).astype(self.dtype)
 
-        def init_packed(key, shape):
-            wq = jax.random.randint(key, (self.features, in_features), -1, 2, dtype=jnp.int8)
-            return pallas_kernels.pack(wq, self.kernel_backend)
+        def init_packed(key, _):  # random ternary codes: one layer's, or (layers > 0) a stack of them
+            def one(k):
+                return pallas_kernels.pack(jax.random.randint(k, (self.features, in_features), -1, 2, jnp.int8),
+                                           self.kernel_backend)
 
-        if self.layers:  # every layer's codes in one stack; the kernel reads layer `layer` in place
-            init_stack = lambda key, _: jnp.stack([init_packed(k, None) for k in jax.random.split(key, self.layers)])
-            w_packed = self.param("weight_packed", init_stack, None)
-        else:
-            w_packed = self.param("weight_packed", init_packed, None)
+            return jnp.stack([one(k) for k in jax.random.split(key, self.layers)]) if self.layers else one(key)
+
+        w_packed = self.param("weight_packed", init_packed, None)
         scale = layer_param(self, "weight_scale", nn.initializers.constant(INIT_STD), (), jnp.float32, self.layers, layer)
         xq, s_x = quant.quantize_activations(x)
         lead = x.shape[:-1]
-        if self.layers:
-            acc = pallas_kernels.ternary_matmul_stacked(xq.reshape(-1, in_features), w_packed, layer, backend=self.kernel_backend)
+        xq = xq.reshape(-1, in_features)
+        if self.layers:  # the kernel reads layer `layer` of the stack in place
+            acc = pallas_kernels.ternary_matmul_stacked(xq, w_packed, layer, backend=self.kernel_backend)
         else:
-            acc = sharding.ternary_matmul(xq.reshape(-1, in_features), w_packed, backend=self.kernel_backend)
+            acc = sharding.ternary_matmul(xq, w_packed, backend=self.kernel_backend)
         acc = acc.reshape(*lead, self.features).astype(jnp.float32)
         return (acc / s_x * scale).astype(self.dtype)
