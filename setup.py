@@ -17,7 +17,7 @@ def _ffi_include_dir() -> str:
 setup(
     ext_modules=[
         Extension(
-            "pallas_kernels._ternary_cpu",
+            "pallas_kernels.cpu._ternary_cpu",
             sources=["csrc/module.cc", "csrc/ternary_cpu.cc", "csrc/head_cpu.cc"],
             depends=["csrc/common.h"],
             include_dirs=[_ffi_include_dir()],

@@ -1,4 +1,6 @@
-"""The exceptions bitnet-jax raises for bad input: each names the file, tensor, field or argument."""
+"""Every exception bitnet-jax raises on purpose: a :class:`BitNetError` naming the file, tensor, field or
+argument at fault. The command line prints any of them as one line (a traceback only with ``--debug``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +10,59 @@ class BitNetError(Exception):
 
 
 class ConfigError(BitNetError, ValueError):
-    """A model or run configuration field is missing, unknown or out of range."""
+    """A model, mesh or run configuration field is missing, unknown, of the wrong type or out of range.
+
+    ``key`` (the field name) and ``reason`` are set when the error is about one field, so a validator can
+    name the field by its full path (``model.hidden_size``) without rewriting the message text.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.reason = reason
+
+    @classmethod
+    def field(cls, owner: str, key: str, reason: str) -> "ConfigError":
+        """An error about field ``key`` of ``owner`` (a class name or a key path)."""
+        return cls(f"{owner}.{key}: {reason}", key=key, reason=reason)
 
 
 class CheckpointError(BitNetError, ValueError):
     """A checkpoint file or directory is malformed: missing, extra, mis-shaped or corrupt tensors."""
+
+
+class CodecError(CheckpointError):
+    """Bytes that do not decode to a valid ternary tensor (the caller adds the file and tensor names)."""
+
+
+class TokenizerError(CheckpointError):
+    """A tokenizer file or tokenizer metadata that cannot be used."""
+
+
+class KernelError(BitNetError, ValueError):
+    """A ternary-matmul kernel cannot run what it was given (unknown backend, wrong layout or operands)."""
+
+
+class GenerationError(BitNetError, ValueError):
+    """Invalid prompts or generation arguments."""
+
+
+class SamplingError(GenerationError):
+    """An invalid sampling argument (temperature, top-k, top-p)."""
+
+
+class DistributedError(BitNetError, RuntimeError):
+    """A multi-process run could not start or lost a peer."""
+
+
+__all__ = [
+    "BitNetError",
+    "CheckpointError",
+    "CodecError",
+    "ConfigError",
+    "DistributedError",
+    "GenerationError",
+    "KernelError",
+    "SamplingError",
+    "TokenizerError",
+]

@@ -1,4 +1,4 @@
-// The Python extension module pallas_kernels._ternary_cpu: FFI handler capsules, run-time ISA choice.
+// The Python extension module pallas_kernels.cpu._ternary_cpu: FFI handler capsules, run-time ISA choice.
 
 #include <Python.h>
 

@@ -13,6 +13,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from bitnet_jax.errors import KernelError
+
 ZERO_BYTE = 0x55  # codes 1,1,1,1 = four ternary zeros
 
 
@@ -54,8 +56,8 @@ def assemble(out: jax.Array, m: int, r: int, *, transposed: bool = False) -> jax
 def check_operands(x: jax.Array, packed: jax.Array) -> None:
     """Raise a clear error unless ``x`` is int8 ``[M, K]`` and ``packed`` uint8 ``[R, K]``."""
     if x.dtype != jnp.int8 or x.ndim != 2:
-        raise TypeError(f"x must be int8 [M, K], got {x.dtype} {tuple(x.shape)}")
+        raise KernelError(f"x must be int8 [M, K], got {x.dtype} {tuple(x.shape)}")
     if packed.dtype != jnp.uint8 or packed.ndim != 2 or packed.shape[1] != x.shape[1]:
-        raise ValueError(
+        raise KernelError(
             f"packed weights must be uint8 [N/4, K={x.shape[1]}] (rows4), got {packed.dtype} {tuple(packed.shape)}"
         )

@@ -65,9 +65,9 @@ def check_tpu(topology: str, illegal: str | None) -> None:
 
 def check_cuda(kernel_name: str, illegal: str | None) -> None:
     """Lower a GPU kernel (or an illegal variant) for ``cuda`` on this (CPU) machine."""
-    from pallas_kernels import gpu_mosaic, gpu_triton
+    from pallas_kernels.gpu import mosaic, triton
 
-    module = {"mosaic_gpu": gpu_mosaic, "triton": gpu_triton}[kernel_name]
+    module = {"mosaic_gpu": mosaic, "triton": triton}[kernel_name]
     for m, n, k in SHAPES:
         fn = module.illegal_variant(illegal) if illegal else module.ternary_matmul
         jax.jit(fn).trace(*_args(m, n, k)).lower(lowering_platforms=("cuda",)).as_text()

@@ -18,15 +18,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels._tiling import assemble, check_operands, pad_operands, pick_block, round_up
-from pallas_kernels.layout import pack_rows4
-
-LAYOUT = "rows4"
 BM_MAX = 256
-
-
-def pack(w: jax.Array) -> jax.Array:
-    """Pack ternary ``[N, K]`` weights in this backend's layout (``rows4``)."""
-    return pack_rows4(w)
 
 
 def blocks(m: int, r: int, k: int) -> tuple[int, int, int, int, int, int]:

@@ -1,4 +1,4 @@
-"""Plain-XLA ternary matmul: runs on every platform and is the fallback of the dispatcher.
+"""Plain-XLA ternary matmul (layout ``rows4``): runs on every platform and XLA can partition it.
 
 The packed weights are unpacked inside the jitted program and multiplied in float32. That is exact:
 every operand is an integer of magnitude at most 128 and every partial sum stays below 2**24 as long as
@@ -11,15 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.layout import pack_rows4, unpack_rows4
+from pallas_kernels.layouts import unpack_rows4
 
-LAYOUT = "rows4"
 _EXACT_F32_MAX_K = (1 << 24) // 128
-
-
-def pack(w: jax.Array) -> jax.Array:
-    """Pack ternary ``[N, K]`` weights in this backend's layout (``rows4``)."""
-    return pack_rows4(w)
 
 
 def ternary_matmul(x: jax.Array, packed: jax.Array) -> jax.Array:

@@ -52,11 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels
-from bitnet_jax import head as head_lib
-from bitnet_jax.checkpoint import Checkpoint, random_checkpoint
 from bitnet_jax.config import ModelConfig
-from bitnet_jax.loading import BitNetModel, model_from_checkpoint, read_checkpoint, release_host_memory
-from bitnet_jax.model import Transformer, init_cache
+from bitnet_jax.io import Checkpoint, model_from_checkpoint, random_checkpoint, read_checkpoint
+from bitnet_jax.io.loading import release_host_memory
+from bitnet_jax.model import BitNetModel, Form, Transformer, init_cache, with_int8_head
+from bitnet_jax.parallel.rules import path_name
 from bench_results import git_commit, write_json  # scripts/bench_results.py
 
 BANDWIDTH_REFERENCE_GBS = (28.0, 33.0)  # the facts sheet's read bandwidth for this machine type
@@ -175,19 +175,19 @@ def make_prompt(config: ModelConfig, length: int) -> np.ndarray:
 def weight_bytes(params: dict) -> dict[str, int]:
     """Bytes of the packed ternary body, of the head table (+ scales), and in total."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
-    body = sum(v.nbytes for p, v in leaves if getattr(p[-1], "key", None) == "weight_packed")
+    body = sum(v.nbytes for p, v in leaves if path_name(p).endswith("weight_packed/codes"))
     head_names = ("embed_tokens", "embed_scales", "lm_head", "lm_head_scales")
     head = sum(v.nbytes for p, v in leaves if len(p) == 1 and getattr(p[0], "key", None) in head_names)
     return {"body": int(body), "head": int(head), "total": int(sum(v.nbytes for _, v in leaves))}
 
 
-def make_steps(config: ModelConfig, backend: str, scan_layers: bool = False) -> tuple[Callable, Callable]:
+def make_steps(config: ModelConfig, form: Form) -> tuple[Callable, Callable]:
     """Jitted prefill(params, tokens [1, T], cache) and decode(params, token [1, 1], pos [1, 1], cache).
 
     Both return the greedy next token as ``[1, 1]`` and the updated cache; the cache argument is
     donated, so the cache is updated in place instead of copied every token.
     """
-    module = Transformer(config, packed=True, kernel_backend=backend, scan_layers=scan_layers)
+    module = Transformer(config, form)
 
     def prefill(params, tokens, cache):
         last = jnp.array([tokens.shape[1] - 1], jnp.int32)
@@ -204,13 +204,13 @@ def make_steps(config: ModelConfig, backend: str, scan_layers: bool = False) -> 
 class JaxRunner:
     """Our engine: prefill of a fixed prompt, then greedy decode one token at a time."""
 
-    def __init__(self, model: BitNetModel, backend: str, prompt: np.ndarray, decode_tokens: int):
+    def __init__(self, model: BitNetModel, prompt: np.ndarray, decode_tokens: int):
         self.config, self.params, self.n = model.config, model.params, decode_tokens
         self.prompt = jnp.asarray(prompt[None, :])
         self.cache_len = len(prompt) + decode_tokens + 1
         self.positions = [jnp.full((1, 1), len(prompt) + i, jnp.int32) for i in range(decode_tokens)]
-        self.scan_layers = model.scan_layers
-        self.prefill_fn, self.decode_fn = make_steps(model.config, backend, model.scan_layers)
+        self.scan_layers = model.form.scan_layers
+        self.prefill_fn, self.decode_fn = make_steps(model.config, model.form)
 
     def prefill(self) -> tuple[float, Any, Any]:
         """(seconds, next token, cache) of one prefill over the prompt into a fresh cache."""
@@ -243,7 +243,7 @@ def byte_level_tokenizer() -> Any:
     """
     from tokenizers import pre_tokenizers
 
-    from bitnet_jax.tokenizer import tokenizer_from_gguf_metadata
+    from bitnet_jax.io.tokenizer import tokenizer_from_gguf_metadata
 
     meta = {
         "tokenizer.ggml.model": "gpt2",
@@ -269,7 +269,7 @@ def llamacpp_worker(args: argparse.Namespace) -> None:
     try:
         import llama_cpp
 
-        from bitnet_jax.gguf_write import write_gguf
+        from bitnet_jax.io.gguf_write import write_gguf
 
         with tempfile.TemporaryDirectory(prefix="bench_cpu_") as tmp:
             ckpt = make_checkpoint(args)
@@ -374,20 +374,20 @@ def start_llamacpp(args: argparse.Namespace, workdir: Path) -> LlamaCppWorker | 
     except ImportError:
         return "llama-cpp-python is not installed (pip install '.[bench]'; it builds llama.cpp, ~11 min)"
     try:
-        from bitnet_jax.gguf_write import write_gguf  # noqa: F401
+        from bitnet_jax.io.gguf_write import write_gguf  # noqa: F401
     except ImportError:
-        return "this bitnet-jax has no GGUF writer (bitnet_jax.gguf_write)"
+        return "this bitnet-jax has no GGUF writer (bitnet_jax.io.gguf_write)"
     return LlamaCppWorker(args, workdir / "llamacpp-worker.log")
 
 
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_model(args: argparse.Namespace, backend: str) -> BitNetModel:
+def load_model(args: argparse.Namespace, kernel: pallas_kernels.Kernel) -> BitNetModel:
     """The packed model as the library loads it, with the requested head; host copies freed."""
-    model = model_from_checkpoint(make_checkpoint(args), backend, args.scan_layers)  # the checkpoint is freed on return
+    model = model_from_checkpoint(make_checkpoint(args), kernel, args.scan_layers)  # the checkpoint is freed on return
     if args.head == "int8":
-        model = head_lib.with_int8_head(model)
+        model = with_int8_head(model)
     elif args.table_dtype:
         name = "embed_tokens" if model.config.tie_word_embeddings else "lm_head"
         model.params[name] = model.params[name].astype(args.table_dtype)
@@ -433,7 +433,8 @@ def main() -> None:
     os.environ["BITNET_JAX_CPU_THREADS"] = str(args.threads)
     if args.mmap_threshold is not None:
         set_mmap_threshold(args.mmap_threshold)
-    backend = pallas_kernels.resolve_backend(args.kernel_backend)
+    kernel = pallas_kernels.select_kernel(args.kernel_backend)
+    backend = kernel.name
     if args.isa:
         pallas_kernels.cpu.set_isa(args.isa)
     jnp.zeros(8).block_until_ready()  # JAX's CPU runtime is up: the baseline excludes only the model
@@ -445,14 +446,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_cpu_") as tmp:
         llama = start_llamacpp(args, Path(tmp))  # exports and loads while we load
         t0 = time.perf_counter()
-        model = load_model(args, backend)
+        model = load_model(args, kernel)
         load_s = time.perf_counter() - t0
         peak_load = memory_status()["peak"]
         rss_loaded = rss_bytes()
         config = model.config
         sizes = weight_bytes(model.params)
         prompt = make_prompt(config, args.prompt_len)
-        runner = JaxRunner(model, backend, prompt, args.decode_tokens)
+        runner = JaxRunner(model, prompt, args.decode_tokens)
         del model
 
         skipped, llama_info = None, {}

@@ -24,11 +24,10 @@ import jax
 import numpy as np
 
 import bitnet_jax as bj
-from bitnet_jax.checkpoint import random_checkpoint
-from bitnet_jax.loading import model_from_checkpoint
+from bitnet_jax.io import model_from_checkpoint, random_checkpoint
 from bench_results import git_commit, write_json  # scripts/bench_results.py
 
-gen = importlib.import_module("bitnet_jax.generate")
+gen = importlib.import_module("bitnet_jax.inference.generate")
 
 
 

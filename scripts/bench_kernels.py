@@ -49,9 +49,10 @@ def bench_one(backend: str, m: int, n: int, k: int, iters: int, rng: np.random.G
     """Time one shape; raises if the kernel is not exact."""
     w = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
     x = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-    packed = pallas_kernels.pack(jnp.asarray(w), backend)
+    kernel = pallas_kernels.get_kernel(backend)
+    packed = kernel.pack(jnp.asarray(w))
     xj = jnp.asarray(x)
-    kern = jax.jit(lambda a, p: pallas_kernels.ternary_matmul(a, p, backend=backend))
+    kern = jax.jit(kernel.matmul)
     got = np.asarray(kern(xj, packed))
     rows = min(m, 8)
     if not np.array_equal(got[:rows], ternary_matmul_reference(x[:rows], w)):
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="free text stored in the JSON (machine load, etc.)")
     ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/kernels-<platform>-<date>.json)")
     a = ap.parse_args(argv)
-    backend = pallas_kernels.resolve_backend(a.backend)
+    backend = pallas_kernels.select_kernel(a.backend).name
     device = jax.devices()[0]
     rng = np.random.default_rng(0)
     rows = []

@@ -25,7 +25,7 @@ def bench_jax(cfg, model_cfg, batches: np.ndarray, warmup: int) -> float:
     """Tokens/s of the jitted train step."""
     import jax
 
-    from bitnet_jax.sharding import make_mesh
+    from bitnet_jax.parallel import make_mesh
     from bitnet_jax.train.step import batch_sharding, make_optimizer, make_train_step, sharded_init
 
     mesh = make_mesh(cfg.mesh)
@@ -51,7 +51,9 @@ def bench_torch(cfg, model_cfg, batches: np.ndarray, warmup: int) -> float:
     from transformers import BitNetConfig, BitNetForCausalLM
     from transformers.integrations.bitnet import AutoBitLinear
 
-    hf = model_cfg.to_hf_config()
+    from bitnet_jax.io.hf import config_to_hf
+
+    hf = config_to_hf(model_cfg)
     hf.pop("torch_dtype", None)
     model = BitNetForCausalLM(BitNetConfig(**{k: v for k, v in hf.items() if k not in ("architectures", "model_type")}))
     for layer in model.model.layers:
@@ -84,7 +86,7 @@ def bench_torch(cfg, model_cfg, batches: np.ndarray, warmup: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Run both benchmarks and print a JSON line."""
-    from bitnet_jax.train.config import load_config
+    from bitnet_jax.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config", nargs="?", default=str(ROOT / "configs/train/default-model.yaml"))

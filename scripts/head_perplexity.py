@@ -32,10 +32,7 @@ import numpy as np
 
 import pallas_kernels
 
-from bitnet_jax.cli import DEFAULT_MODEL
-from bitnet_jax.cli_perplexity import perplexity
-from bitnet_jax.head import with_int8_head
-from bitnet_jax.loading import from_pretrained
+from bitnet_jax import DEFAULT_MODEL, from_pretrained, perplexity, with_int8_head
 from bench_results import git_commit, write_json  # scripts/bench_results.py
 
 VALIDATION_FILES = ("ipaddress.py", "trace.py", "uu.py", "weakref.py")  # default-model.yaml's held-out split
@@ -113,7 +110,7 @@ def main() -> None:
         "settings": {"seq_len": seq_len, "batch_size": args.batch_size, "bos": exact.config.bos_token_id is not None,
                      "stdlib": str(args.stdlib), "python": sys.version.split()[0],
                      "method": "non-overlapping windows as `bitnet-jax perplexity`; set perplexity = exp(token-weighted mean nll)"},
-        "kernel_backend": pallas_kernels.resolve_backend(None),
+        "kernel": pallas_kernels.select_kernel().name,
         "isa": pallas_kernels.cpu.isa(),
         "jax_version": jax.__version__,
         "numpy_version": np.__version__,

@@ -15,10 +15,9 @@ import dataclasses
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from bitnet_jax import ModelConfig
-from bitnet_jax.checkpoint import random_checkpoint
-from bitnet_jax.hf import write_hf_checkpoint
-from bitnet_jax.loading import model_from_checkpoint
-from bitnet_jax.tokenizer import Tokenizer as BitNetTokenizer
+from bitnet_jax.io import random_checkpoint, save_pretrained
+from bitnet_jax.io.loading import model_from_checkpoint
+from bitnet_jax.io.tokenizer import Tokenizer as BitNetTokenizer
 
 SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>"]
 
@@ -49,7 +48,7 @@ def main() -> None:
     tokenizer = train_tokenizer(config.vocab_size, files)
     model = model_from_checkpoint(random_checkpoint(config, seed=args.seed))
     model = dataclasses.replace(model, tokenizer=BitNetTokenizer(tokenizer, 0, (1,)))
-    write_hf_checkpoint(model, args.out)
+    save_pretrained(model, args.out)
     print(f"wrote a random {args.preset} model to {args.out}")
 
 

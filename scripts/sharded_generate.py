@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bitnet_jax import distributed
+from bitnet_jax.parallel import distributed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,14 +7,22 @@ import jax.numpy as jnp
 import pytest
 
 from bitnet_jax import BitNetModel, ModelConfig
-from bitnet_jax.model import Transformer
+from bitnet_jax.model import Form, Transformer
+from pallas_kernels import get_kernel, select_kernel
 
 
-def random_model(preset: str = "tiny", seed: int = 0, packed: bool = True, **changes) -> BitNetModel:
-    """A randomly initialised model of a preset (with optional config changes)."""
+def packed_form(kernel: str | None = None, **changes) -> Form:
+    """The packed inference form for ``kernel`` (default: the platform's kernel)."""
+    return Form(kernel=get_kernel(kernel) if kernel else select_kernel(), **changes)
+
+
+def random_model(preset: str = "tiny", seed: int = 0, packed: bool = True, kernel: str | None = None,
+                 **changes) -> BitNetModel:
+    """A randomly initialised model of a preset (with optional config changes), packed or latent."""
     config = ModelConfig.preset(preset).replace(**changes)
-    variables = Transformer(config, packed=packed).init(jax.random.PRNGKey(seed), jnp.zeros((1, 1), jnp.int32))
-    return BitNetModel(config, variables["params"], packed=packed)
+    form = packed_form(kernel) if packed else Form()
+    variables = Transformer(config, form).init(jax.random.PRNGKey(seed), jnp.zeros((1, 1), jnp.int32))
+    return BitNetModel(config, variables["params"], form=form)
 
 
 @pytest.fixture(scope="session")

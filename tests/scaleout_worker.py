@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bitnet_jax import distributed  # noqa: E402  (no JAX import at module level)
+from bitnet_jax.parallel import distributed  # noqa: E402  (no JAX import at module level)
 
 PROMPTS = [[1, 5, 9, 13, 17], [3, 4, 100, 200, 300, 400, 7, 8, 9]]
 NEW_TOKENS = 8
@@ -30,18 +30,21 @@ def build_model():
     import numpy as np
 
     from bitnet_jax import BitNetModel, ModelConfig
-    from bitnet_jax.model import Transformer
-    from pallas_kernels.layout import pack_rows4
+    from bitnet_jax.model import Form, Transformer
+    from bitnet_jax.parallel.rules import path_name
+    from pallas_kernels import get_kernel
+    from pallas_kernels.layouts import pack_rows4
 
     config = ModelConfig.preset("tiny").replace(num_attention_heads=8, num_key_value_heads=4)
+    form = Form(kernel=get_kernel("xla"))
     shapes = jax.eval_shape(
-        lambda: Transformer(config, packed=True).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
+        lambda: Transformer(config, form).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))
     )["params"]
     rng = np.random.default_rng(1234)
 
     def fill(path, s):
-        name = "/".join(str(k.key) for k in path)
-        if name.endswith("weight_packed"):
+        name = path_name(path)
+        if name.endswith("weight_packed/codes"):
             return pack_rows4(rng.integers(-1, 2, (s.shape[0] * 4, s.shape[1])).astype(np.int8))
         if name.endswith("weight_scale"):
             return np.float32(rng.uniform(0.5, 1.5))
@@ -50,7 +53,7 @@ def build_model():
         return (0.5 * rng.standard_normal(s.shape)).astype(np.float32)
 
     params = jax.tree_util.tree_map_with_path(fill, shapes)
-    return BitNetModel(config, jax.tree_util.tree_map(jnp.asarray, params), packed=True)
+    return BitNetModel(config, jax.tree_util.tree_map(jnp.asarray, params), form=form)
 
 
 def tokens_array():
@@ -63,7 +66,7 @@ def compiled_texts(model, generate_only: bool = False) -> dict:
     """HLO text of the compiled one-token forward and of the whole generation loop."""
     import jax.numpy as jnp
 
-    gen = importlib.import_module("bitnet_jax.generate")  # the module, not the function of that name
+    gen = importlib.import_module("bitnet_jax.inference.generate")  # the module, not the function of that name
     module = gen._module(model)
     out = {}
     if not generate_only:
@@ -80,7 +83,7 @@ def compiled_texts(model, generate_only: bool = False) -> dict:
 
 
 def describe(text: str) -> list[dict]:
-    from bitnet_jax.hlo_stats import collectives, gathers_packed_weights, moves_weights
+    from bitnet_jax.parallel._hlo import collectives, gathers_packed_weights, moves_weights
 
     return [
         {"kind": c.kind, "dtypes": sorted(c.dtypes), "bytes": c.nbytes, "op": c.op_name, "weights": moves_weights(c),
@@ -95,7 +98,7 @@ def checks() -> dict:
     import numpy as np
 
     from bitnet_jax import MeshConfig, forward, generate, make_mesh, shard
-    from bitnet_jax.sharding import PARAM_RULES, device_bytes
+    from bitnet_jax.parallel.rules import PARAM_RULES, device_bytes
 
     res: dict = {"devices": jax.device_count()}
     model = build_model()
@@ -115,7 +118,7 @@ def checks() -> dict:
     res["tokens_ref"] = ref_tokens
     res["tokens_sharded"] = [t.tolist() for t in generate(sharded, PROMPTS, max_new_tokens=NEW_TOKENS, stop_tokens=())]
     # data parallelism: the generation loop's batch (and KV cache) split over the two `data` replicas
-    gen = importlib.import_module("bitnet_jax.generate")
+    gen = importlib.import_module("bitnet_jax.inference.generate")
     prep = gen._prepare(sharded, PROMPTS, NEW_TOKENS, 0.0, None, None, 0, ())
     res["generate_tokens_spec"] = str(prep["tokens"].sharding.spec)
     compiled = gen._generate_loop.lower(
@@ -124,9 +127,11 @@ def checks() -> dict:
     ).compile()
     res["generate_output_specs"] = [str(s.spec) for s in jax.tree_util.tree_leaves(compiled.output_shardings)]
 
+    from bitnet_jax.parallel.rules import path_name
+
     def packed_only(params):
         return jax.tree_util.tree_map_with_path(
-            lambda p, x: x if str(p[-1].key) == "weight_packed" else None, params
+            lambda p, x: x if path_name(p).endswith("weight_packed/codes") else None, params
         )
 
     res["packed_total_bytes"] = sum(x.nbytes for x in jax.tree_util.tree_leaves(packed_only(model.params)))
@@ -150,14 +155,15 @@ def checks() -> dict:
     rows_rules = tuple(
         (pat, ("tensor", None) if pat.startswith("_proj/weight_packed") else axes) for pat, axes in PARAM_RULES
     )
-    rows_rules = ((r"(o|down)_proj/weight_packed$", (None, "tensor")),) + rows_rules
+    rows_rules = ((r"(o|down)_proj/weight_packed/codes$", (None, "tensor")),) + rows_rules
     rows = shard(model, mesh, rules=rows_rules)
-    gen = importlib.import_module("bitnet_jax.generate")
+    gen = importlib.import_module("bitnet_jax.inference.generate")
     import jax.numpy as jnp
 
     text = gen._forward.lower(rows.params, jnp.zeros((1, 1), jnp.int32), gen._module(rows)).compile().as_text()
     res["rows_split_collectives"] = describe(text)
     res.update(fsdp_hook_checks(model, ref_logits, ref_tokens))
+    res.update(tile16_shard_checks(model, ref_logits))
     res["real_shape_collectives"], res["real_shape_cache"] = real_shape_generate()
     return res
 
@@ -169,11 +175,13 @@ def real_shape_generate() -> tuple[list[dict], list[str]]:
     from jax.sharding import NamedSharding
 
     from bitnet_jax import BitNetModel, MeshConfig, ModelConfig, make_mesh
-    from bitnet_jax.model import Transformer
-    from bitnet_jax.sharding import param_specs
+    from bitnet_jax.model import Form, Transformer
+    from bitnet_jax.parallel import on_mesh
+    from bitnet_jax.parallel.rules import param_specs
+    from pallas_kernels import get_kernel
 
     config = ModelConfig().replace(num_hidden_layers=1, vocab_size=8192, max_position_embeddings=256)
-    module = Transformer(config, packed=True)
+    module = Transformer(config, Form(kernel=get_kernel("xla")))
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
     mesh = make_mesh(MeshConfig(tensor=8))
     params = jax.tree_util.tree_map(
@@ -181,15 +189,38 @@ def real_shape_generate() -> tuple[list[dict], list[str]]:
         shapes,
         param_specs(shapes, mesh),
     )
-    texts = compiled_texts(BitNetModel(config, params), generate_only=True)
+    texts = compiled_texts(BitNetModel(config, params, form=Form(kernel=on_mesh(get_kernel("xla"), mesh))),
+                           generate_only=True)
     text = texts["generate"]
     cache = re.findall(r"f32\[%d,%d,\d+,%d\]" % (len(PROMPTS), texts["cache_len"], config.head_size), text)
     return describe(text), sorted(set(cache))
 
 
+def tile16_shard_checks(model, ref_logits) -> dict:
+    """A model loaded for the C++ CPU kernel (tile16, which no mesh can split) is repacked by ``shard``."""
+    import dataclasses
+
+    import numpy as np
+
+    from bitnet_jax import MeshConfig, forward, make_mesh, shard
+    from pallas_kernels import cpu, get_kernel, repack_tree
+
+    if not cpu.AVAILABLE:
+        return {"tile16_skipped": True}
+    kernel = get_kernel("cpu")
+    tile16 = dataclasses.replace(model, params=repack_tree(model.params, kernel.layout),
+                                 form=dataclasses.replace(model.form, kernel=kernel))
+    sharded = shard(tile16, make_mesh(MeshConfig(tensor=8)))
+    return {
+        "tile16_unsharded_diff": float(np.abs(np.asarray(forward(tile16, tokens_array())) - ref_logits).max()),
+        "tile16_sharded_kernel": sharded.kernel.name,
+        "tile16_sharded_diff": float(np.abs(np.asarray(forward(sharded, tokens_array())) - ref_logits).max()),
+    }
+
+
 def fsdp_hook_checks(model, ref_logits, ref_tokens) -> dict:
-    """Packed weights stored over ``fsdp`` x ``tensor``; ``BitLinear`` multiplies them through
-    :func:`sharding.ternary_matmul` (``shard_map`` per device) inside the ``jax.set_mesh`` context."""
+    """Packed weights stored over ``fsdp`` x ``tensor``; the packed linears multiply them through the
+    mesh-aware kernel ``shard(model, mesh)`` gives the model (``shard_map`` per device)."""
     import jax
     import numpy as np
 
@@ -197,10 +228,9 @@ def fsdp_hook_checks(model, ref_logits, ref_tokens) -> dict:
 
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     sharded = shard(model, mesh)
-    with jax.set_mesh(mesh):
-        logits = np.asarray(forward(sharded, tokens_array()))
-        toks = [t.tolist() for t in generate(sharded, PROMPTS, max_new_tokens=NEW_TOKENS, stop_tokens=())]
-        texts = compiled_texts(sharded)
+    logits = np.asarray(forward(sharded, tokens_array()))
+    toks = [t.tolist() for t in generate(sharded, PROMPTS, max_new_tokens=NEW_TOKENS, stop_tokens=())]
+    texts = compiled_texts(sharded)
     return {
         "fsdp_logits_max_abs_diff": float(np.abs(logits - ref_logits).max()),
         "fsdp_tokens": toks,

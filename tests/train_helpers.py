@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bitnet_jax.train.config import load_config
+from bitnet_jax.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_CONFIG = ROOT / "configs" / "train" / "ci-tiny.yaml"

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bitnet_jax import distributed  # noqa: E402  (no JAX import at module level)
+from bitnet_jax.parallel import distributed  # noqa: E402  (no JAX import at module level)
 
 BATCH = 16
 
@@ -33,7 +33,7 @@ def overrides(run_dir: str, steps: int, mesh: dict) -> list[str]:
 def config(run_dir: str, steps: int, mesh: dict, *extra: str):
     """The test run config (:func:`overrides` plus ``extra``)."""
     from tests.train_helpers import CI_CONFIG
-    from bitnet_jax.train.config import load_config
+    from bitnet_jax.config import load_config
 
     return load_config(CI_CONFIG, [*overrides(run_dir, steps, mesh), *extra])
 
@@ -56,8 +56,8 @@ def collectives(mesh: str) -> None:
     import jax
     import numpy as np
 
-    from bitnet_jax.hlo_stats import collectives as parse
-    from bitnet_jax.sharding import device_bytes, make_mesh
+    from bitnet_jax.parallel._hlo import collectives as parse
+    from bitnet_jax.parallel.rules import device_bytes, make_mesh
     from bitnet_jax.train.loop import run_model_config
     from bitnet_jax.train.data import prepare_dataset
     from bitnet_jax.train.step import abstract_state, batch_sharding, make_optimizer, make_train_step, sharded_init

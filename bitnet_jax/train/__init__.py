@@ -1,6 +1,6 @@
 """Training: run configs, data pipeline, the jitted QAT step, checkpoints, the loop and export."""
 
-from bitnet_jax.train.config import TrainConfig, config_from_dict, load_config
+from bitnet_jax.config.run import TrainConfig, config_from_dict, load_config
 from bitnet_jax.train.export import export_run
 from bitnet_jax.train.loop import train
 

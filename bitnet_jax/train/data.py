@@ -21,8 +21,9 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from bitnet_jax.config.run import DataConfig, TokenizerConfig
 from bitnet_jax.errors import ConfigError
-from bitnet_jax.train.config import DataConfig, TokenizerConfig
+from bitnet_jax.io._atomic import atomic_output, write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -80,12 +81,6 @@ def train_tokenizer(files: list[Path], cfg: TokenizerConfig) -> HFTokenizer:
     return tok
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def load_or_train_tokenizer(cfg: TokenizerConfig, train_files: list[Path], run_dir: Path) -> HFTokenizer:
     """The run's tokenizer: ``run_dir/tokenizer.json`` if present, else ``cfg.path``, else a new BPE."""
     cached = run_dir / TOKENIZER_FILE
@@ -101,7 +96,7 @@ def load_or_train_tokenizer(cfg: TokenizerConfig, train_files: list[Path], run_d
     if tok.token_to_id(cfg.special_token) is None:
         raise ConfigError(f"tokenizer.special_token: {cfg.special_token!r} is not in the tokenizer vocabulary")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(cached, tok.to_str())
+    write_text(cached, tok.to_str())
     return tok
 
 
@@ -112,14 +107,12 @@ def _token_dtype(vocab_size: int) -> np.dtype:
 def tokenize_to_file(files: list[Path], tok: HFTokenizer, sep_id: int, out: Path) -> int:
     """Stream ``files`` through ``tok`` into a flat token file (atomically); returns the token count."""
     dtype = _token_dtype(tok.get_vocab_size(with_added_tokens=True))
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     n = 0
-    with open(tmp, "wb") as f:
+    with atomic_output(out) as tmp, open(tmp, "wb") as f:
         for path in files:
             ids = np.asarray([sep_id, *tok.encode(read_text(path), add_special_tokens=False).ids], dtype=dtype)
             f.write(ids.tobytes())
             n += ids.size
-    os.replace(tmp, out)
     return n
 
 
@@ -213,7 +206,7 @@ def prepare_dataset(data: DataConfig, tok_cfg: TokenizerConfig, run_dir: Path) -
         if files and (fresh or not out.is_file()):
             tokenize_to_file(files, tok, sep, out)
     if fresh:
-        _atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        write_text(manifest_path, json.dumps(manifest, indent=1))
     train = TokenFile(run_dir / "train.tokens", dtype, data.seq_len)
     if train.num_windows < 1:
         raise ConfigError(f"data.paths: the training split has fewer than seq_len + 1 = {data.seq_len + 1} tokens")

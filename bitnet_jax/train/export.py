@@ -1,6 +1,6 @@
 """Export a trained run to the inference format: a transformers-style packed (offline) BitNet directory.
 
-The latent weights go through :func:`bitnet_jax.save_pretrained`: each ``BitLinear`` weight is
+The latent weights go through :func:`bitnet_jax.save_pretrained`: each ternary linear weight is
 absmean-quantized, packed at 2 bits (``uint8 [out/4, in]``) and stored with ``weight_scale = 1 / s_w``
 under ``quantization_config = {quant_method: bitnet, linear_class: autobitlinear, quantization_mode:
 offline}``; norms and the embedding stay float32; the directory is written atomically.
@@ -14,9 +14,9 @@ import jax
 
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError
-from bitnet_jax.export import save_pretrained
-from bitnet_jax.loading import BitNetModel
-from bitnet_jax.tokenizer import Tokenizer
+from bitnet_jax.io.export import save_pretrained
+from bitnet_jax.io.tokenizer import Tokenizer
+from bitnet_jax.model import BitNetModel, Form
 from bitnet_jax.train.checkpoint import RunCheckpointer
 from bitnet_jax.train.loop import sync_processes
 
@@ -40,7 +40,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
         ckpt.close()
     tok_path = run_dir / "tokenizer.json"
     tokenizer = Tokenizer.from_file(tok_path, config) if tok_path.is_file() else None
-    latent = BitNetModel(config, params, tokenizer, packed=False)
+    latent = BitNetModel(config, params, tokenizer, form=Form())  # training form: save_pretrained quantizes it
     out = Path(out_dir).expanduser().absolute()
     if jax.process_index() == 0:  # in a multi-process run every process restores, one writes
         save_pretrained(latent, out, format="hf")

@@ -1,6 +1,6 @@
 """The training loop: data, jitted steps, periodic evaluation, JSONL metrics, checkpoints, resume.
 
-In a multi-process run (:func:`bitnet_jax.distributed.initialize` first) every process runs this same
+In a multi-process run (:func:`bitnet_jax.parallel.distributed.initialize` first) every process runs this same
 loop over the global mesh: process 0 prepares the dataset (the others wait, then read its files),
 writes ``config.yaml`` and ``metrics.jsonl`` and shows progress; checkpoints are written and read by
 all processes together (orbax), so ``checkpoint.dir`` must be a filesystem every process sees.
@@ -20,12 +20,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from bitnet_jax.config import ModelConfig
+from bitnet_jax.config import ModelConfig, TrainConfig, config_from_dict
+from bitnet_jax.config.run import CheckpointConfig, LoggingConfig
 from bitnet_jax.errors import ConfigError
+from bitnet_jax.io._atomic import write_text
+from bitnet_jax.parallel.rules import make_mesh, place
 from bitnet_jax.train.checkpoint import RunCheckpointer
-from bitnet_jax.train.config import CheckpointConfig, DataConfig, LoggingConfig, TrainConfig, config_from_dict
 from bitnet_jax.train.data import Dataset, prepare_dataset
-from bitnet_jax.sharding import make_mesh, place
 from bitnet_jax.train.step import (
     abstract_state,
     batch_sharding,
@@ -53,18 +54,12 @@ def run_model_config(cfg: TrainConfig, dataset: Dataset) -> ModelConfig:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric records past ``step`` (written after the checkpoint a run resumes from)."""
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    _write_atomic(path, "".join(line + "\n" for line in keep))
+    write_text(path, "".join(line + "\n" for line in keep))
 
 
 def evaluate(eval_step, params, dataset: Dataset, micro_batch: int, batches: int, sharding) -> float | None:
@@ -97,7 +92,8 @@ def sync_processes(name: str) -> None:
 
 def step_key(cfg: TrainConfig) -> TrainConfig:
     """The config with the sections that do not affect the compiled step reset (a cache key)."""
-    return dataclasses.replace(cfg, checkpoint=CheckpointConfig(), logging=LoggingConfig(), data=DataConfig())
+    data = dataclasses.replace(cfg.data, paths=("<data>",), pattern="*", recursive=False, val_fraction=0.0, seed=0)
+    return dataclasses.replace(cfg, checkpoint=CheckpointConfig(), logging=LoggingConfig(), data=data)
 
 
 @functools.lru_cache(maxsize=4)
@@ -136,7 +132,7 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
         start = int(meta["data_position"])
     metrics_path = run_dir / METRICS_FILE
     if lead:
-        _write_atomic(run_dir / CONFIG_FILE, cfg.to_yaml())
+        write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
         _truncate_metrics(metrics_path, start)
 
     shard = batch_sharding(mesh)

@@ -1,16 +1,17 @@
 """One jitted training step: quantization-aware forward/backward (STE), AdamW, clipping, accumulation.
 
-The model is the core ``Transformer(config, packed=False)``: latent float32 weights, both quantizers
-applied with the straight-through estimator. The optimizer is ``optax`` AdamW behind global-norm
+The model is the core ``Transformer`` in its training form (``Form(kernel=None)``): latent float32
+weights, both quantizers applied with the straight-through estimator. The optimizer is ``optax`` AdamW behind global-norm
 clipping, with warmup and the BitNet b1.58 two-stage schedule: the learning rate decays (cosine) in stage 1,
 drops to ``stage2_lr_scale * lr`` when stage 2 starts and decays again; weight decay is on in stage 1
 and off in stage 2. A step takes ``[grad_accum, micro_batch, seq_len + 1]`` tokens and scans over the
 micro-batches; the loss is float32 cross-entropy.
 
-Parallelism uses the one mesh of :mod:`bitnet_jax.sharding` (axes ``data``, ``fsdp``, ``tensor``):
-the micro-batch is split over ``data`` x ``fsdp``; parameters and the AdamW moments are stored by
-:data:`~bitnet_jax.sharding.PARAM_RULES` (latent ternary weights split by rows over ``fsdp``), and the
-forward pass gathers them packed at 2 bits (:mod:`bitnet_jax.fsdp`); XLA partitions the rest.
+Parallelism uses the one mesh vocabulary (axes ``data``, ``fsdp``, ``tensor``): the micro-batch is split
+over ``data`` x ``fsdp``; parameters and the AdamW moments are stored by
+:data:`~bitnet_jax.parallel.rules.PARAM_RULES` (latent ternary weights split by rows over ``fsdp``), and
+the forward pass gathers them packed at 2 bits (:mod:`bitnet_jax.parallel.fsdp`, put into the model's
+:class:`~bitnet_jax.model.Form` with the batch constraint); XLA partitions the rest.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from bitnet_jax import sharding
-from bitnet_jax.sharding import BATCH_AXES
-from bitnet_jax.config import ModelConfig
+from bitnet_jax.config import BATCH_AXES, ModelConfig, TrainConfig
 from bitnet_jax.errors import ConfigError
-from bitnet_jax.model import Transformer
-from bitnet_jax.train.config import TrainConfig
+from bitnet_jax.model import Form, Transformer
+from bitnet_jax.parallel import fsdp
+from bitnet_jax.parallel.kernel import batch_constraint
+from bitnet_jax.parallel.rules import param_shardings
 
 State = dict[str, Any]
 
@@ -86,14 +87,18 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw) if o.clip_norm > 0 else adamw
 
 
-def make_module(model_cfg: ModelConfig, quantize: bool = True) -> Transformer:
-    """The training-form (latent weight) Transformer; ``quantize=False`` drops both quantizers."""
-    return Transformer(model_cfg, packed=False, quantize=quantize)
+def make_module(model_cfg: ModelConfig, quantize: bool = True, mesh: Mesh | None = None) -> Transformer:
+    """The training-form (latent weight) Transformer; ``quantize=False`` drops both quantizers. With a
+    ``mesh``, the form gathers FSDP-stored weights packed and keeps activations split by batch."""
+    form = Form(quantize=quantize)
+    if mesh is not None:
+        form = Form(quantize=quantize, weight_quantizer=fsdp.weight_quantizer(mesh), shard_batch=batch_constraint(mesh))
+    return Transformer(model_cfg, form)
 
 
-def token_nll(module: Transformer, params, windows: jax.Array, quantize: bool = True) -> jax.Array:
+def token_nll(module: Transformer, params, windows: jax.Array) -> jax.Array:
     """Mean float32 next-token cross-entropy of ``windows [B, T + 1]``."""
-    logits, _ = module.clone(quantize=quantize).apply({"params": params}, windows[:, :-1])
+    logits, _ = module.apply({"params": params}, windows[:, :-1])
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1)[..., 0]
     return jnp.mean(nll)
@@ -120,8 +125,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def state_shardings(state: Any, tx: optax.GradientTransformation, mesh: Mesh) -> Any:
     """Shardings for a training state (arrays or shapes): parameters and their optimizer moments by the
-    rules of :data:`bitnet_jax.sharding.PARAM_RULES`, everything else (step, RNG, counters) replicated."""
-    params = sharding.param_shardings(state["params"], mesh)
+    rules of :data:`bitnet_jax.parallel.rules.PARAM_RULES`, everything else (step, RNG, counters) replicated."""
+    params = param_shardings(state["params"], mesh)
     rep = replicated(mesh)
     opt = optax.tree_map_params(tx, lambda _, s: s, state["opt_state"], params, transform_non_params=lambda _: rep)
     return {"params": params, "opt_state": opt, "step": rep, "rng": rep}
@@ -152,27 +157,11 @@ def check_mesh(cfg: TrainConfig, mesh: Mesh) -> None:
         )
 
 
-def in_mesh(fn: Callable, mesh: Mesh) -> Callable:
-    """``fn`` called inside ``jax.set_mesh(mesh)`` (so the FSDP weight gather sees the mesh)."""
-
-    def call(*args):
-        with jax.set_mesh(mesh):
-            return fn(*args)
-
-    def lower(*args):
-        with jax.set_mesh(mesh):
-            return fn.lower(*args)
-
-    call.lower = lower  # type: ignore[attr-defined]  (for inspecting the compiled program)
-    return call
-
-
 def make_train_step(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
     """The jitted ``step(state, batch) -> (state, metrics)`` for ``batch [accum, micro, T + 1]``."""
-    module = make_module(model_cfg)
-    quantize = cfg.training.quantize
+    module = make_module(model_cfg, cfg.training.quantize, mesh)
     lr = learning_rate_schedule(cfg)
-    grad_fn = jax.value_and_grad(lambda p, w: token_nll(module, p, w, quantize))
+    grad_fn = jax.value_and_grad(lambda p, w: token_nll(module, p, w))
 
     def step(state: State, batch: jax.Array):
         params = state["params"]
@@ -196,20 +185,17 @@ def make_train_step(cfg: TrainConfig, model_cfg: ModelConfig, tx: optax.Gradient
 
     shardings = jax.tree_util.tree_map(lambda s: s.sharding, abstract_state(cfg, model_cfg, tx, mesh))
     rep = replicated(mesh)
-    jitted = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, rep),
-                     donate_argnums=0)
-    return in_mesh(jitted, mesh)
+    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)), out_shardings=(shardings, rep),
+                   donate_argnums=0)
 
 
 def make_eval_step(cfg: TrainConfig, model_cfg: ModelConfig, mesh: Mesh):
     """The jitted ``eval(params, windows [B, T + 1]) -> mean nll``."""
-    module = make_module(model_cfg)
-    quantize = cfg.training.quantize
+    module = make_module(model_cfg, cfg.training.quantize, mesh)
     tx = make_optimizer(cfg)
     params = jax.tree_util.tree_map(lambda s: s.sharding, abstract_state(cfg, model_cfg, tx, mesh)["params"])
-    jitted = jax.jit(
-        lambda p, w: token_nll(module, p, w, quantize),
+    return jax.jit(
+        lambda p, w: token_nll(module, p, w),
         in_shardings=(params, NamedSharding(mesh, P(BATCH_AXES, None))),
         out_shardings=replicated(mesh),
     )
-    return in_mesh(jitted, mesh)

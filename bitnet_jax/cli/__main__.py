@@ -1,0 +1,7 @@
+"""``python -m bitnet_jax.cli``."""
+
+import sys
+
+from bitnet_jax.cli import main
+
+sys.exit(main())

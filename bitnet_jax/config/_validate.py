@@ -1,0 +1,154 @@
+"""The one config validator: frozen dataclasses built from mappings, with errors naming the key.
+
+Every config class (:class:`~bitnet_jax.config.ModelConfig`, :class:`~bitnet_jax.config.MeshConfig`, the
+run config sections, :class:`~bitnet_jax.parallel.distributed.DistributedConfig`) derives from
+:class:`Validated`: construction checks each field against its type hint (:func:`check_types`) and then
+its range (``validate``), raising :meth:`ConfigError.field` errors. :func:`build` makes one from a
+mapping: unknown keys, wrong types and bad values come back as ``SOURCE: PREFIX.KEY: reason``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from bitnet_jax.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file (an empty file is ``{}``); errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+    return {} if data is None else data
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the (simple) type ``hint`` of a config field (bools are not numbers)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, (list, tuple)) and all(type_ok(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is Any:
+        return True
+    return isinstance(value, hint)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in typing.get_type_hints(cls).items() if k in fields}
+
+
+def check_types(obj: Any) -> None:
+    """Raise a field :class:`ConfigError` for the first field of ``obj`` whose value misses its type hint."""
+    owner = type(obj).__name__
+    for name, hint in _hints(type(obj)).items():
+        value = getattr(obj, name)
+        if not type_ok(value, hint):
+            raise ConfigError.field(owner, name, f"expected {_type_name(hint)}, got {value!r:.80} ({type(value).__name__})")
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """Lists to tuples for tuple fields, ints to floats for float fields; anything else unchanged."""
+    if isinstance(value, list) and any(typing.get_origin(h) is tuple for h in (hint, *typing.get_args(hint))):
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+class Validated:
+    """Mixin of frozen config dataclasses: types then ranges are checked when an instance is made."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for name, hint in hints.items():
+            object.__setattr__(self, name, coerce(getattr(self, name), hint))
+        check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Range and consistency checks (raise :meth:`ConfigError.field`); none by default."""
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        """The error for field ``key`` of this config."""
+        return ConfigError.field(type(self).__name__, key, reason)
+
+    def need(self, ok: bool, key: str, reason: str) -> None:
+        """Raise the error for ``key`` (``reason, got VALUE``) unless ``ok``."""
+        if not ok:
+            raise self.fail(key, f"{reason}, got {getattr(self, key)!r:.80}")
+
+    def positive_int(self, *keys: str) -> None:
+        """Each field must be an integer > 0."""
+        for key in keys:
+            self.need(getattr(self, key) > 0, key, "must be a positive integer")
+
+    def finite_positive(self, *keys: str) -> None:
+        """Each field must be a finite number > 0."""
+        for key in keys:
+            value = getattr(self, key)
+            self.need(math.isfinite(value) and value > 0, key, "must be a finite number > 0")
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON/YAML friendly: tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def build(cls: type[T], data: Any, prefix: str, source: str | None = None) -> T:
+    """``cls(**data)`` with errors naming ``SOURCE: PREFIX.KEY``: not a mapping, unknown key, type or range."""
+    where = f"{source}: " if source else ""
+
+    def name(key: Any) -> str:
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}{prefix or cls.__name__}: expected a mapping of {cls.__name__} fields, "
+                          f"got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}{name(key)}: unknown key; known keys: {sorted(known)}", key=str(key))
+    try:
+        return cls(**data)
+    except ConfigError as e:
+        if e.key is None:
+            raise ConfigError(f"{where}{prefix + ': ' if prefix else ''}{e}") from None
+        raise ConfigError(f"{where}{name(e.key)}: {e.reason}", key=e.key, reason=e.reason) from None

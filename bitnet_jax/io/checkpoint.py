@@ -1,0 +1,147 @@
+"""The format-neutral checkpoint every loader produces, and its conversion to a parameter pytree.
+
+A loader (HF safetensors, GGUF, ...) returns a :class:`Checkpoint`: a :class:`ModelConfig` plus tensors
+keyed by their transformers names (:mod:`bitnet_jax.io.names`). Ternary linears arrive (under their
+``.weight`` name) as :class:`TernaryTensor` (2-bit codes in the ``rows4`` layout, one multiplicative
+scale); everything else as float arrays. :func:`checkpoint_to_params` checks every name and shape
+against the config and builds the packed parameter tree for a kernel; :func:`params_to_tensors` is the
+way back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from bitnet_jax.config import ModelConfig
+from bitnet_jax.errors import CheckpointError
+from bitnet_jax.io.names import get_node, set_node, tensor_names, ternary_tensors
+from bitnet_jax.model import quant
+from bitnet_jax.model.scan import LAYERS, unstack_layers
+from pallas_kernels import Kernel, PackedWeight, layouts
+
+
+@dataclasses.dataclass(frozen=True)
+class TernaryTensor:
+    """A ternary weight ``[out, in]`` kept packed: ``rows4`` codes ``uint8 [out // 4, in]`` and ``scale``.
+
+    ``scale`` multiplies the integer product (it is ``1 / s_w``, about ``mean|W|``).
+    """
+
+    codes: np.ndarray
+    scale: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The unpacked ``[out, in]`` shape."""
+        return (self.codes.shape[0] * 4, self.codes.shape[1])
+
+    @classmethod
+    def from_latent(cls, weight: Any) -> "TernaryTensor":
+        """Absmean-quantize a latent float weight ``[out, in]`` (the one latent -> packed conversion)."""
+        wq, s_w = quant.quantize_weights(np.asarray(weight, dtype=np.float32))
+        return cls(layouts.pack_rows4(wq), float(1.0 / s_w))
+
+    @classmethod
+    def from_packed(cls, weight: PackedWeight, scale: Any) -> "TernaryTensor":
+        """A packed parameter (any layout) and its scale, as ``rows4`` codes."""
+        rows4 = layouts.repack(jax.tree_util.tree_map(np.asarray, weight), layouts.ROWS4)
+        return cls(np.ascontiguousarray(rows4.codes, dtype=np.uint8), float(np.asarray(scale)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """What a loader read: config, tensors by HF name, optional tokenizer, and where it came from."""
+
+    config: ModelConfig
+    tensors: dict[str, Any]
+    source: str
+    tokenizer: Any = None
+
+
+def checkpoint_to_params(ckpt: Checkpoint, kernel: Kernel) -> dict:
+    """Validate a checkpoint against its config and build the packed parameter tree (NumPy leaves)
+    with the ternary weights in ``kernel``'s layout."""
+    config, tensors, src = ckpt.config, dict(ckpt.tensors), ckpt.source
+    if config.tie_word_embeddings and "lm_head.weight" in tensors:
+        tensors.pop("lm_head.weight")  # a tied head stored explicitly is the embedding again
+    params: dict = {}
+    expected = set()
+    for t in tensor_names(config):
+        expected.add(t.hf)
+        value = tensors.get(t.hf)
+        if value is None:
+            raise CheckpointError(f"{src}: missing tensor {t.hf}")
+        if t.ternary:
+            if not isinstance(value, TernaryTensor):
+                raise CheckpointError(f"{src}: tensor {t.hf} is not a ternary weight")
+            if value.shape != t.shape:
+                raise CheckpointError(f"{src}: tensor {t.hf} has shape {value.shape}, expected {t.shape}")
+            if not (np.isfinite(value.scale) and value.scale > 0):
+                raise CheckpointError(f"{src}: tensor {t.hf} has an invalid scale {value.scale!r} (must be finite and > 0)")
+            invalid = layouts.invalid_code_count(value.codes)
+            if invalid:
+                raise CheckpointError(f"{src}: tensor {t.hf} holds {invalid} invalid 2-bit code(s) (3)")
+            codes = np.ascontiguousarray(value.codes, dtype=np.uint8)
+            packed = layouts.repack(PackedWeight(codes, None, layouts.ROWS4.name, t.shape), kernel.layout)
+            set_node(params, t.path + ("weight_packed",), packed)
+            set_node(params, t.path + ("weight_scale",), np.float32(value.scale))
+            continue
+        if isinstance(value, TernaryTensor):
+            raise CheckpointError(f"{src}: tensor {t.hf} must be a float tensor, found a ternary one")
+        if tuple(value.shape) != t.shape:
+            raise CheckpointError(f"{src}: tensor {t.hf} has shape {tuple(value.shape)}, expected {t.shape}")
+        arr = np.asarray(value, dtype=np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise CheckpointError(f"{src}: tensor {t.hf} holds non-finite values")
+        set_node(params, t.path, arr)
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
+        raise CheckpointError(f"{src}: unexpected tensor(s) not part of this model config: {shown}")
+    return params
+
+
+def params_to_tensors(config: ModelConfig, params: Any, packed: bool = True) -> dict[str, Any]:
+    """Every tensor of a parameter tree by transformers name, ternary linears as :class:`TernaryTensor`
+    (a training-form tree is absmean-quantized); floats as float32 NumPy arrays."""
+    params = jax.device_get(params)
+    if LAYERS in params:
+        params = unstack_layers(params)
+    out: dict[str, Any] = {}
+    for t in tensor_names(config):
+        if not t.ternary:
+            out[t.hf] = np.asarray(get_node(params, t.path), dtype=np.float32)
+            continue
+        node = get_node(params, t.path)
+        if packed:
+            out[t.hf] = TernaryTensor.from_packed(node["weight_packed"], node["weight_scale"])
+        else:
+            out[t.hf] = TernaryTensor.from_latent(node["weight"])
+    return out
+
+
+def random_checkpoint(config: ModelConfig, seed: int = 0, source: str = "random") -> Checkpoint:
+    """A checkpoint of random ternary weights (uniform over -1/0/+1) for benchmarks and examples.
+
+    Built layer by layer in NumPy, so even the 2B4T shape needs no more memory than its packed size
+    plus the float embedding.
+    """
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, Any] = {}
+    for t in tensor_names(config):
+        if t.ternary:
+            w = rng.integers(-1, 2, t.shape, dtype=np.int8)
+            tensors[t.hf] = TernaryTensor(layouts.pack_rows4(w), scale=float(1.0 / np.sqrt(t.shape[1])))
+        elif t.hf.endswith("norm.weight"):
+            tensors[t.hf] = np.ones(t.shape, np.float32)
+        else:
+            tensors[t.hf] = rng.normal(0.0, 0.02, t.shape).astype(np.float32)
+    return Checkpoint(config=config, tensors=tensors, source=source)
+
+
+__all__ = ["Checkpoint", "TernaryTensor", "checkpoint_to_params", "params_to_tensors", "random_checkpoint",
+           "ternary_tensors"]

@@ -1,0 +1,45 @@
+"""``save_pretrained`` and ``convert``: write a model as a transformers directory or a GGUF file (atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bitnet_jax.errors import CheckpointError
+from bitnet_jax.io.checkpoint import params_to_tensors
+from bitnet_jax.io.formats import FORMATS, QUANTS
+from bitnet_jax.io.gguf_write import write_gguf
+from bitnet_jax.io.hf import write_hf_checkpoint
+from bitnet_jax.io.loading import model_from_checkpoint, read_checkpoint
+from bitnet_jax.model import BitNetModel
+from pallas_kernels import get_kernel
+
+
+def save_pretrained(model: BitNetModel, path: str | Path, format: str = "hf", quant: str | None = None) -> Path:
+    """Save ``model`` as a transformers directory (``format="hf"``) or a GGUF file (``format="gguf"``).
+
+    ``quant`` (GGUF only): ``i2_s`` (default, bitnet.cpp), ``tq2_0``, ``tq1_0``, ``f16`` or ``f32``. A
+    training-form model is absmean-quantized first. Writes go to a temporary name, then are renamed.
+    """
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown format {format!r}; choose one of {FORMATS}")
+    if model.form.head != "exact":
+        raise CheckpointError(
+            "this model has the int8 head (with_int8_head), an inference-time option no checkpoint format "
+            "stores; save the model before converting its head"
+        )
+    if format == "hf":
+        if quant not in (None, "i2_s", "packed"):
+            raise CheckpointError(f"quant={quant!r} applies to GGUF only (HF directories are always 2-bit packed)")
+        return write_hf_checkpoint(model, path)
+    if quant is not None and quant not in QUANTS:
+        raise CheckpointError(f"unknown GGUF quant {quant!r}; choose one of {QUANTS}")
+    tensors = params_to_tensors(model.config, model.params, model.packed)
+    return write_gguf(model.config, tensors, model.tokenizer, path, quant or "i2_s")
+
+
+def convert(src: str | Path, dst: str | Path, to: str | None = None, quant: str | None = None) -> Path:
+    """Convert a checkpoint between formats on the host (``to`` defaults from ``dst``'s suffix)."""
+    if to is None:
+        to = "gguf" if str(dst).endswith(".gguf") else "hf"
+    model = model_from_checkpoint(read_checkpoint(src), get_kernel("xla"), to_device=False)
+    return save_pretrained(model, dst, to, quant)

@@ -1,0 +1,126 @@
+"""``from_pretrained``: one entry point that detects a checkpoint's format and loads it packed for the
+kernel chosen once for the model (:func:`pallas_kernels.select_kernel`)."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bitnet_jax.errors import CheckpointError
+from bitnet_jax.io.checkpoint import Checkpoint, checkpoint_to_params
+from bitnet_jax.model import BitNetModel, Form, stack_layers
+from pallas_kernels import Kernel, select_kernel
+
+GGUF_MAGIC = b"GGUF"
+
+
+def detect_format(path: Path) -> str:
+    """``"hf"`` for a transformers directory, ``"gguf"`` for a GGUF file; else a clear error."""
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf"
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return "gguf"
+        raise CheckpointError(f"{path}: not a model directory (no config.json, and not exactly one .gguf file)")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == GGUF_MAGIC:
+        return "gguf"
+    raise CheckpointError(f"{path}: unrecognised model file (not a GGUF file and not a transformers directory)")
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read any supported checkpoint format into a format-neutral :class:`Checkpoint`."""
+    path = Path(path).expanduser()
+    fmt = detect_format(path)
+    if fmt == "hf":
+        from bitnet_jax.io.hf import read_hf_checkpoint
+
+        return read_hf_checkpoint(path)
+    from bitnet_jax.io.gguf import read_gguf_checkpoint
+
+    if path.is_dir():
+        path = next(iter(sorted(path.glob("*.gguf"))))
+    return read_gguf_checkpoint(path)
+
+
+def release_host_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps a loader's freed temporaries mapped otherwise)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: glibc when it is there
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _to_device(tree: Any) -> Any:
+    """Every NumPy leaf of ``tree`` as a device array, copied one leaf at a time.
+
+    Each host copy is dropped as soon as its device copy exists (and each copy is waited for: a
+    transfer holds its host array until it completes), so the loader's peak memory stays at the
+    checkpoint plus one tensor instead of the checkpoint plus a whole host tree plus a device tree.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    for i in range(len(leaves)):
+        leaves[i] = jnp.asarray(leaves[i]).block_until_ready()
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def model_from_checkpoint(
+    ckpt: Checkpoint, kernel: Kernel | None = None, scan_layers: bool = False, to_device: bool = True
+) -> BitNetModel:
+    """Turn a :class:`Checkpoint` into a packed :class:`BitNetModel` for ``kernel`` (default: selected).
+
+    The embedding (and an untied head) are stored in the activation dtype: for a bfloat16 model that
+    halves the largest float tensor, and the head multiplies in that dtype anyway. ``scan_layers``
+    stacks the layers' parameters for a model that compiles one layer body. ``to_device=False`` keeps
+    NumPy leaves (for conversions that never compute).
+    """
+    kernel = kernel or select_kernel()
+    params = checkpoint_to_params(ckpt, kernel)
+    if scan_layers:
+        params = stack_layers(params, ckpt.config.num_hidden_layers)
+    table_dtype = jnp.dtype(ckpt.config.dtype)
+    for name in ("embed_tokens", "lm_head"):
+        if name in params:
+            params[name] = params[name].astype(table_dtype, copy=False)
+    if to_device:
+        params = _to_device(params)
+    return BitNetModel(ckpt.config, params, ckpt.tokenizer, form=Form(kernel=kernel, scan_layers=scan_layers))
+
+
+def _read_with_dtype(path: str | Path, dtype: str | None) -> Checkpoint:
+    ckpt = read_checkpoint(path)
+    if dtype is not None:
+        ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(dtype=dtype))
+    return ckpt
+
+
+def from_pretrained(
+    path: str | Path, *, dtype: str | None = None, kernel: str | Kernel | None = None, scan_layers: bool = False
+) -> BitNetModel:
+    """Load a BitNet b1.58 model (transformers directory or GGUF file), ternary weights kept packed.
+
+    ``kernel`` names the ternary-matmul backend (default: ``$BITNET_JAX_KERNEL``, else the platform's;
+    see :func:`pallas_kernels.select_kernel`); the weights are packed in its layout. ``dtype``
+    overrides the activation dtype (``"float32"`` or ``"bfloat16"``). ``scan_layers=True`` compiles one
+    layer body instead of one per layer (same outputs, much less compiled code). The checkpoint's host
+    copies are freed (and the freed heap returned to the OS) before this returns.
+
+    >>> import bitnet_jax as bj
+    >>> model = bj.from_pretrained(bj.DEFAULT_MODEL)
+    >>> model.config.num_hidden_layers
+    4
+    """
+    chosen = kernel if isinstance(kernel, Kernel) else select_kernel(kernel)
+    # no local name holds the checkpoint: it is freed as soon as the conversion returns
+    model = model_from_checkpoint(_read_with_dtype(path, dtype), chosen, scan_layers)
+    release_host_memory()
+    return model

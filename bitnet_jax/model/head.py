@@ -1,0 +1,104 @@
+"""The output projection ("head") and the embedding lookup: exact float (default) or int8 per-row.
+
+The exact head multiplies by the table as stored (bfloat16 or float32), accumulating in float32. The
+int8 head (as bitnet.cpp quantizes its embedding) stores the table as ``codes int8 [V, D]`` in
+[-127, 127] with a float32 scale per row (``max|row| / 127``), quantizes the hidden state per token
+like every BitLinear input (absmax int8), takes the exact int32 product and rescales: about half the
+bytes of a bfloat16 head per decoded token. Which head a model has is its :class:`Form`'s ``head``
+(``"exact"`` or ``"int8"``); the int8 table's scales are ``embed_scales`` (tied head) or
+``lm_head_scales`` (untied). :func:`with_int8_head` converts a loaded model. The products themselves are
+the kernel's (:meth:`pallas_kernels.Kernel.head_float` / ``head_int8``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bitnet_jax.errors import ConfigError
+from bitnet_jax.model import quant
+from bitnet_jax.model.form import BitNetModel
+from pallas_kernels import Kernel
+
+INT8_MAX = 127
+HEADS = ("exact", "int8")
+QUANTIZE_ROWS = 4096  # rows per chunk: float32 temporaries stay ~40 MB even for a 128256-row table
+
+
+def table_names(tie_word_embeddings: bool) -> tuple[str, str]:
+    """(table parameter, its int8 scales parameter) of the head."""
+    return ("embed_tokens", "embed_scales") if tie_word_embeddings else ("lm_head", "lm_head_scales")
+
+
+def quantize_table(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row absmax int8: ``codes = clip(round(t * 127 / max|row|), -127, 127)``, ``scale = max|row| / 127``.
+
+    Works through the rows in chunks, so the only full-size array it allocates is the int8 result.
+    """
+    table = np.asarray(table)
+    if table.ndim != 2:
+        raise ConfigError(f"the head table must be 2-D [vocab, hidden], got shape {table.shape}")
+    codes = np.empty(table.shape, np.int8)
+    scale = np.empty(table.shape[0], np.float32)
+    for start in range(0, table.shape[0], QUANTIZE_ROWS):
+        rows = slice(start, start + QUANTIZE_ROWS)
+        t = table[rows].astype(np.float32)
+        amax = np.max(np.abs(t), axis=1)
+        s = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+        np.rint(t / s[:, None], out=t)
+        np.clip(t, -INT8_MAX, INT8_MAX, out=t)
+        codes[rows] = t
+        scale[rows] = s
+    return codes, scale
+
+
+def quantize_head_params(params: dict, tie_word_embeddings: bool) -> dict:
+    """A copy of a packed parameter tree whose head table is int8 with per-row scales.
+
+    Tied: ``embed_tokens`` becomes int8 (lookup and head both use it) plus ``embed_scales [V]``;
+    untied: ``lm_head`` becomes int8 plus ``lm_head_scales [V]`` and the embedding stays as it is.
+    """
+    name, scales_name = table_names(tie_word_embeddings)
+    if name not in params:
+        raise ConfigError(f"the parameter tree has no {name!r} table (tie_word_embeddings={tie_word_embeddings})")
+    if scales_name in params:
+        raise ConfigError(f"the head is already int8 ({scales_name!r} is present)")
+    out = dict(params)
+    codes, scale = quantize_table(params[name])
+    out[name] = jnp.asarray(codes).block_until_ready()  # the transfer holds ``codes`` until it completes
+    out[scales_name] = jnp.asarray(scale)
+    return out
+
+
+def with_int8_head(model: BitNetModel) -> BitNetModel:
+    """The same model with its head table quantized to int8 per row (an inference option)."""
+    if not model.packed:
+        raise ConfigError("the int8 head is an inference option; this model is in training (latent float) form")
+    if model.form.head == "int8":
+        raise ConfigError("the model's head is already int8")
+    params = quantize_head_params(model.params, model.config.tie_word_embeddings)
+    return dataclasses.replace(model, params=params, form=dataclasses.replace(model.form, head="int8"))
+
+
+def embed(table: jax.Array, tokens: jax.Array, scales: jax.Array | None = None) -> jax.Array:
+    """Rows of the embedding table for ``tokens`` (dequantized when ``scales`` is given)."""
+    rows = jnp.take(table, tokens, axis=0)
+    if scales is None:
+        return rows
+    return rows.astype(jnp.float32) * jnp.take(scales, tokens, axis=0)[..., None]
+
+
+def project(x: jax.Array, table: jax.Array, scales: jax.Array | None, kernel: Kernel) -> jax.Array:
+    """Float32 logits ``x @ table.T`` for ``x [..., D]``: exact float, or int8 when ``scales`` is given."""
+    lead, d = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, d)
+    if scales is None:
+        logits = kernel.head_float(x2, table)
+    else:
+        xq, s_x = quant.quantize_activations(x2)
+        logits = kernel.head_int8(xq, table).astype(jnp.float32) * scales[None, :] / s_x
+    return logits.reshape(*lead, table.shape[0])
