@@ -13,9 +13,8 @@ Concerns live in one package each: :mod:`bitnet_jax.config`, :mod:`bitnet_jax.mo
 
 from __future__ import annotations
 
-import importlib
+from bitnet_jax._lazy import lazy_exports
 from pathlib import Path
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -51,13 +50,4 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "DEFAULT_MODEL", "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bitnet_jax' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

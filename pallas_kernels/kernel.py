@@ -55,6 +55,9 @@ class Kernel:
     interpret: bool = False  # Pallas kernels run interpreted on CPU
     transparent: bool = False  # plain XLA ops: XLA's partitioner can split it without shard_map
 
+    def __repr__(self) -> str:
+        return f"Kernel({self.name!r}, layout={self.layout.name!r}{', interpret=True' if self.interpret else ''})"
+
     def pack(self, w: Any) -> PackedWeight:
         """Pack ternary int8 ``[N, K]`` weights (NumPy or JAX) in this kernel's layout."""
         return layouts.pack(w, self.layout)

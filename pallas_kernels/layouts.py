@@ -147,6 +147,9 @@ class Layout:
     packed_shape: Callable[[int, int], tuple[int, int]]  # [N, K] -> the codes' shape
     splits_input_columns: bool  # codes axis 1 is K: a mesh may split it (column-parallel linears)
 
+    def __repr__(self) -> str:
+        return f"Layout({self.name!r})"
+
     def check_shape(self, n: int, k: int) -> None:
         """Raise :class:`KernelError` when ``[N, K]`` cannot be stored in this layout."""
         if self.name == "rows4" and n % VALUES_PER_BYTE:

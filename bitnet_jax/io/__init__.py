@@ -6,8 +6,7 @@ Names are loaded on first use, so light modules (``bitnet_jax.io.formats``) impo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bitnet_jax._lazy import lazy_exports
 
 _EXPORTS = {
     "Checkpoint": "bitnet_jax.io.checkpoint",
@@ -25,13 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bitnet_jax.io' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
