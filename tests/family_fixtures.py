@@ -23,7 +23,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from hf_reference import absmean_ternary, eager_torch
+from hf_reference import absmean_ternary, eager_torch, fill_random
 from safetensors.torch import save_file
 
 LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -57,20 +57,7 @@ def random_llama(seed: int = 0, **overrides):
 
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(**overrides)).to(torch.float32).eval()
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            shape = tuple(p.shape)
-            if name.endswith("norm.weight"):
-                value = rng.uniform(0.5, 1.5, shape)
-            elif name == "model.embed_tokens.weight":
-                value = rng.normal(0.0, 0.3, shape)
-            elif name == "lm_head.weight":
-                value = rng.normal(0.0, 0.1, shape)
-            else:
-                value = rng.normal(0.0, rng.uniform(0.02, 0.1), shape)
-            p.copy_(torch.from_numpy(fp16(value)))
-    return model
+    return fill_random(model, seed, np.float16)
 
 
 def _converted(name: str, skip: list[str] | None) -> bool:
