@@ -49,7 +49,9 @@ def tiny_model(**changes):
 
 
 def peer_logits(path) -> np.ndarray:
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1)
+    # F32 KV cache: the default F16 cache alone moves logits by about 1% (facts sheet section 9)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1,
+                          type_k=0, type_v=0)
     try:
         llm.eval(TOKENS)
         return np.array(llm.scores[: len(TOKENS)], dtype=np.float32)
@@ -79,7 +81,7 @@ def test_llama_cpp_computes_our_function(tmp_path, family, quant):
     model = tiny_model(**FAMILIES[family])
     path = save_pretrained(model, tmp_path / "m.gguf", format="gguf", quant=quant)
     theirs, mine = peer_logits(path), ours(model)
-    assert distance(theirs, mine) < 0.05
+    assert distance(theirs, mine) < 0.01  # measured 8e-4 (Q8_K rounds ties away from zero, ours to even)
     assert np.mean(theirs.argmax(-1) == mine.argmax(-1)) >= 0.9
 
 
@@ -88,7 +90,7 @@ def test_relu2_model_is_not_silently_computed_with_silu(tmp_path):
     with SiLU by llama-cpp-python's llama.cpp (the negative control: the comparison above can fail)."""
     model = tiny_model(tie_word_embeddings=True)
     default = save_pretrained(model, tmp_path / "m.gguf", format="gguf", quant="tq2_0")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # llama-cpp-python: "Failed to load model from file" (unknown arch)
         peer_logits(default)
     with pytest.warns(UserWarning, match="compute SiLU"):
         forced = save_pretrained(model, tmp_path / "b.gguf", format="gguf", quant="tq2_0", arch="bitnet")
