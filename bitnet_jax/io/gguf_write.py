@@ -180,6 +180,10 @@ def _add_ternary(w: gguf.GGUFWriter, name: str, t: TernaryTensor, quant: str, i2
         raise CheckpointError(f"cannot encode tensor {name} as {quant.upper()}: rows of {inp} weights do not fill 256-weight blocks")
     try:
         if quant == "i2_s":
+            block = I2S_LAYOUTS[i2_s_layout] or 128
+            if inp % block:
+                warnings.warn(f"tensor {name}: rows of {inp} weights are not a multiple of {block}; bitnet.cpp's "
+                              f"I2_S kernels read such a matrix as garbage (only bitnet-jax reads this file back)")
             w.add_tensor(name, encode_i2_s(codes, t.scale, i2_s_layout).view(np.int8), raw_shape=(out, inp),
                          raw_dtype=I2_S)
             return

@@ -164,3 +164,15 @@ def test_scan_layers_refuses_layers_that_differ(tmp_path):
     assert np.isfinite(np.asarray(forward(from_pretrained(path), [[1, 2, 3]]))).all()
     with pytest.raises(ConfigError, match="scan_layers"):
         forward(from_pretrained(path, scan_layers=True), [[1, 2, 3]])
+
+
+def test_bitnet_25_arch_and_narrow_i2_s_rows(tmp_path):
+    cfg = ModelConfig.preset("tiny")  # 64-wide rows: not whole 128-weight I2_S blocks per row
+    ckpt = random_checkpoint(cfg, seed=5)
+    with pytest.warns(UserWarning, match="not a multiple of 128"):
+        path = write_gguf(cfg, ckpt.tensors, None, tmp_path / "m.gguf", "i2_s", arch="bitnet-25")
+    assert open_gguf(path).metadata["general.architecture"] == "bitnet-25"
+    back = read_checkpoint(path)
+    assert (back.config.hidden_act, back.config.sub_norms) == ("relu2", True)
+    name = "model.layers.0.self_attn.o_proj.weight"
+    np.testing.assert_array_equal(back.tensors[name].codes, ckpt.tensors[name].codes)
