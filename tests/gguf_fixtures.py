@@ -116,14 +116,19 @@ def i2s_reference(q: np.ndarray, scale: float) -> np.ndarray:
 
 
 def write_reference_gguf(spec: dict, path: Path, kind: str, arch: str = "bitnet", scale_tensor: bool = False,
-                         vocab: dict | None = None, extra_scales: dict | None = None) -> Path:
+                         vocab: dict | None = None, extra_scales: dict | None = None,
+                         hidden_activation: str | None = "relu2") -> Path:
     """A GGUF written with gguf.GGUFWriter: ``kind`` in i2_s, tq1_0, tq2_0, f16, f32, bf16 for the linears.
 
     ``scale_tensor``: ternary values stored with unit scale plus a ``<name>.scale`` F32 tensor (upstream
     llama.cpp); otherwise the scale sits in the encoding (TQ ``d`` / I2_S float / float magnitude).
+    ``hidden_activation``: the ``{arch}.hidden_activation`` key for arch ``bitnet`` (whose activation is
+    SiLU without it), the spec's relu2 by default; None leaves the key out.
     """
     cfg = spec["config"]
     w = gguf.GGUFWriter(path, arch)
+    if arch == "bitnet" and hidden_activation is not None:
+        w.add_string("bitnet.hidden_activation", hidden_activation)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)

@@ -111,6 +111,11 @@ def random_latent_model(spec: Spec, seed: int = 0) -> BitNetForCausalLM:
     """
     torch.manual_seed(seed)
     model = BitNetForCausalLM(spec.hf_config()).to(torch.float32).eval()
+    return fill_random(model, seed)
+
+
+def fill_random(model, seed: int, dtype=np.float32):
+    """Overwrite a transformers model's parameters with the random values above (rounded through ``dtype``)."""
     rng = np.random.default_rng(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():  # a tied head is the embedding, listed once
@@ -123,7 +128,7 @@ def random_latent_model(spec: Spec, seed: int = 0) -> BitNetForCausalLM:
                 value = rng.normal(0.0, 0.1, shape)
             else:
                 value = rng.normal(0.0, rng.uniform(0.02, 0.1), shape)
-            p.copy_(torch.from_numpy(value.astype(np.float32)))
+            p.copy_(torch.from_numpy(value.astype(dtype).astype(np.float32)))
     return model
 
 

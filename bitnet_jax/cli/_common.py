@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-MODEL_HELP = "model directory or GGUF file (default: the bundled model trained on the Python stdlib)"
+MODEL_HELP = ("model directory, GGUF file, or Hugging Face id (org/name, org/name:file.gguf; the local cache first, "
+              "HF_HUB_OFFLINE=1 honoured) (default: the bundled model trained on the Python stdlib)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, dtype: bool = True) -> None:

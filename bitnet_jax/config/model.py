@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +18,14 @@ from bitnet_jax.config._validate import Validated, build, read_yaml
 from bitnet_jax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
-HIDDEN_ACTS = ("relu2",)
+HIDDEN_ACTS = ("relu2", "silu")  # relu(x)^2 (BitNet b1.58 2B4T) | x * sigmoid(x) (1bitLLM, Llama, Falcon)
+# The sub-norms' checkpoint names inside a layer: transformers' BitNet, and 1bitLLM's remote code.
+BITNET_SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+ONEBITLLM_SUB_NORMS = ("self_attn.inner_attn_ln", "mlp.ffn_layernorm")
+# Every ternary linear of a layer, by its name inside the layer.
+LAYER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
 
 
 def preset_dir() -> Path:
@@ -30,7 +38,15 @@ def preset_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(Validated):
-    """Every field of the BitNet b1.58 (2B4T) architecture; defaults are the shipped 2B4T values."""
+    """Every field of a BitNet b1.58 family's architecture; defaults are the shipped 2B4T values.
+
+    Family differences are fields: ``hidden_act`` (``relu2`` or ``silu``), ``sub_norms`` (the RMSNorms
+    before ``o_proj`` and ``down_proj``; ``sub_norm_names`` are their checkpoint names inside a layer),
+    ``tie_word_embeddings``, an explicit ``head_dim``, ``use_rms_norm`` (transformers'
+    ``BitNetQuantConfig(use_rms_norm=True)``: a weighted RMSNorm with ``linear_rms_norm_eps`` on every
+    ternary linear's input) and ``modules_to_not_convert`` (transformers' patterns of linears that stay
+    float; ``lm_head`` must be among them, as it is when transformers fills them in).
+    """
 
     vocab_size: int = 128256
     hidden_size: int = 2560
@@ -48,6 +64,11 @@ class ModelConfig(Validated):
     eos_token_id: int | tuple[int, ...] | None = 128001
     pad_token_id: int | None = None
     dtype: str = "float32"
+    sub_norms: bool = True
+    sub_norm_names: tuple[str, ...] = BITNET_SUB_NORMS
+    use_rms_norm: bool = False
+    linear_rms_norm_eps: float = 1e-6
+    modules_to_not_convert: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         """Ranges and consistency of the dimensions, activation, norms, RoPE and token ids."""
@@ -65,12 +86,38 @@ class ModelConfig(Validated):
                            ("num_key_value_heads", self.num_key_value_heads * self.head_size)):
             if value % 4:
                 raise self.fail(key, f"gives {value} rows or columns, which must be divisible by 4 for 2-bit packing")
-        self.need(self.hidden_act in HIDDEN_ACTS, "hidden_act", f"must be one of {HIDDEN_ACTS} (BitNet b1.58)")
-        self.finite_positive("rms_norm_eps", "rope_theta")
+        self.need(self.hidden_act in HIDDEN_ACTS, "hidden_act", f"must be one of {HIDDEN_ACTS}")
+        self.finite_positive("rms_norm_eps", "rope_theta", "linear_rms_norm_eps")
+        names = self.sub_norm_names
+        self.need(len(names) == 2 and names[0].startswith("self_attn.") and names[1].startswith("mlp.")
+                  and all(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", n) for n in names),
+                  "sub_norm_names", "must be [self_attn.NAME, mlp.NAME] (the attention and FFN sub-norms' names)")
+        self._validate_not_convert()
         self.need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         for key in ("bos_token_id", "pad_token_id"):
             value = getattr(self, key)
             self.need(value is None or value >= 0, key, "must be a non-negative integer or null")
+
+    def _validate_not_convert(self) -> None:
+        patterns = self.modules_to_not_convert
+        if patterns is None:
+            return
+        for p in patterns:
+            self.need(bool(p), "modules_to_not_convert", "must hold non-empty module names or patterns")
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise self.fail("modules_to_not_convert", f"{p!r} is not a valid pattern ({e})") from None
+        self.need(_matches("lm_head", patterns), "modules_to_not_convert",
+                  "must include lm_head (without it transformers makes the head ternary, which bitnet-jax does not run)")
+
+    def is_ternary(self, module: str) -> bool:
+        """Whether the linear ``module`` (transformers name, ``model.layers.0.mlp.up_proj``) is ternary."""
+        return self.modules_to_not_convert is None or not _matches(module, self.modules_to_not_convert)
+
+    def float_linears(self, layer: int) -> frozenset[str]:
+        """The linears of layer ``layer`` (names inside the layer) that ``modules_to_not_convert`` keeps float."""
+        return frozenset(n for n in LAYER_LINEARS if not self.is_ternary(f"model.layers.{layer}.{n}"))
 
     @property
     def head_size(self) -> int:
@@ -85,6 +132,13 @@ class ModelConfig(Validated):
         if isinstance(self.eos_token_id, int):
             return (self.eos_token_id,)
         return tuple(self.eos_token_id)
+
+    @property
+    def family(self) -> str:
+        """A short description of the architecture family (for messages and exports)."""
+        if self.sub_norms:
+            return "bitnet-1bitllm" if self.sub_norm_names == ONEBITLLM_SUB_NORMS else "bitnet"
+        return "llama"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None, prefix: str = "model") -> "ModelConfig":
@@ -103,3 +157,9 @@ class ModelConfig(Validated):
         if name not in available:
             raise ConfigError(f"unknown model preset {name!r}; available: {available}")
         return cls.from_yaml(preset_dir() / f"{name}.yaml")
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """transformers' ``should_convert_module`` rule, negated: a pattern matches ``name`` from the start up
+    to a module boundary (also as a regex), or as a suffix."""
+    return any(re.match(rf"(?:{p}){_BOUNDARY}", name) or name.endswith(p) for p in patterns)

@@ -1,11 +1,18 @@
-"""The BitNet b1.58 chat format (microsoft/BitNet): role-prefixed turns closed by ``<|eot_id|>``.
+"""Chat prompts: the checkpoint's own chat template where it has one, the BitNet b1.58 format otherwise.
 
+A tokenizer's ``chat_template`` (``tokenizer_config.json`` / ``chat_template.jinja`` / GGUF
+``tokenizer.chat_template``) is rendered with jinja2 in a sandbox, as transformers renders it
+(``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``raise_exception``).
+Without one, the BitNet format (microsoft/BitNet):
 ``<|begin_of_text|>System: ...<|eot_id|>User: ...<|eot_id|>Assistant: `` -- the generation prompt ends
-with ``Assistant: ``; generation stops on ``<|eot_id|>`` or ``<|end_of_text|>``.
+with ``Assistant: ``. Generation stops on the family's end-of-turn tokens (``<|eot_id|>``,
+``<|im_end|>``, ...), ``<|end_of_text|>`` and every EOS id of the config.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 from typing import Any, Mapping, Sequence
 
 from bitnet_jax.errors import GenerationError
@@ -16,31 +23,63 @@ END_OF_TEXT = "<|end_of_text|>"
 ROLES = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}
 
 
-def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
-    """The prompt text for ``messages`` (each ``{"role": system|user|assistant, "content": str}``)."""
-    parts = [BOS]
+def _check(messages: Sequence[Mapping[str, str]], roles: Sequence[str] | None) -> None:
     for i, m in enumerate(messages):
         role = m.get("role")
-        if role not in ROLES:
-            raise GenerationError(f"messages[{i}].role must be one of {sorted(ROLES)}, got {role!r}")
-        content = m.get("content")
-        if not isinstance(content, str):
+        if not isinstance(role, str) or (roles is not None and role not in roles):
+            raise GenerationError(f"messages[{i}].role must be one of {sorted(roles or ROLES)}, got {role!r}")
+        if not isinstance(m.get("content"), str):
             raise GenerationError(f"messages[{i}].content must be a string")
-        parts.append(ROLES[role] + content + EOT)
+
+
+def render_chat_template(template: str, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True,
+                         special_tokens: Mapping[str, str | None] | None = None) -> str:
+    """A Jinja chat template rendered for ``messages`` in jinja2's sandbox (errors name the template)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent,
+                                                                                  ensure_ascii=ensure_ascii)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
+    try:
+        return env.from_string(template).render(messages=[dict(m) for m in messages],
+                                                add_generation_prompt=add_generation_prompt, **tokens)
+    except jinja2.TemplateError as e:
+        raise GenerationError(f"chat template: {' '.join(str(e).split())}") from None
+
+
+def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True, tokenizer: Any = None) -> str:
+    """The prompt text for ``messages`` (each ``{"role": ..., "content": str}``): ``tokenizer``'s chat
+    template when it has one, else the BitNet format (roles system | user | assistant)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if template:
+        _check(messages, None)
+        return render_chat_template(template, messages, add_generation_prompt, getattr(tokenizer, "special_tokens", {}))
+    _check(messages, tuple(ROLES))
+    parts = [BOS] + [ROLES[m["role"]] + m["content"] + EOT for m in messages]
     if add_generation_prompt:
         parts.append(ROLES["assistant"])
     return "".join(parts)
 
 
 def stop_token_ids(tokenizer: Any, config: Any = None) -> tuple[int, ...]:
-    """Ids that end an assistant turn: ``<|eot_id|>``, ``<|end_of_text|>`` and the config's EOS ids."""
+    """Ids that end an assistant turn: the tokenizer's end-of-turn tokens (``<|eot_id|>``, ...),
+    ``<|end_of_text|>``, its EOS ids and the config's."""
     ids = [tokenizer.token_to_id(t) for t in (EOT, END_OF_TEXT)]
     ids += list(getattr(tokenizer, "eos_ids", ()) or ())
+    if hasattr(tokenizer, "end_of_turn_ids"):
+        ids += list(tokenizer.end_of_turn_ids())
     if config is not None:
         ids += list(config.eos_token_ids)
     return tuple(dict.fromkeys(i for i in ids if i is not None))
 
 
 def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
-    """Token ids of the chat prompt (``<|begin_of_text|>`` included once, as a special token)."""
-    return tokenizer.encode(format_chat(messages))
+    """Token ids of the chat prompt (its BOS text, if any, included once as a special token)."""
+    return tokenizer.encode(format_chat(messages, tokenizer=tokenizer))

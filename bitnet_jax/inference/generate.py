@@ -153,6 +153,15 @@ def _encode_prompts(model: BitNetModel, prompts) -> list[list[int]]:
     return out
 
 
+def default_stop_tokens(model: BitNetModel) -> tuple[int, ...]:
+    """The checkpoint's stops: the config's EOS ids (``generation_config.json``'s included) and the
+    tokenizer's end-of-turn tokens (``<|eot_id|>``, ``<|im_end|>``, ...)."""
+    ids = list(model.config.eos_token_ids)
+    if model.tokenizer is not None and hasattr(model.tokenizer, "end_of_turn_ids"):
+        ids += [i for i in model.tokenizer.end_of_turn_ids() if 0 <= i < model.config.vocab_size]
+    return tuple(dict.fromkeys(ids))
+
+
 def _prepare(model: BitNetModel, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens):
     config = model.config
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
@@ -176,7 +185,7 @@ def _prepare(model: BitNetModel, prompts, max_new_tokens, temperature, top_k, to
     for i, p in enumerate(ids):
         tokens[i, : len(p)] = p
     lengths = np.array([len(p) for p in ids], np.int32)
-    stops = config.eos_token_ids if stop_tokens is None else tuple(int(t) for t in stop_tokens)
+    stops = default_stop_tokens(model) if stop_tokens is None else tuple(int(t) for t in stop_tokens)
     stop_arr = np.array(stops or (PAD_ID - 1,), np.int32)  # an id no token can match when there are none
     return dict(
         tokens=place_batch(tokens, model.params),
@@ -209,8 +218,9 @@ def generate(
     """Generate new token ids for each prompt; returns one int32 array per prompt.
 
     Prompts are token-id lists (or strings when the model has a tokenizer; BOS is then prepended).
-    ``temperature=0`` is greedy. A row stops after emitting one of ``stop_tokens`` (default: the
-    config's EOS ids; pass ``()`` for none), and that stop token is included in its output.
+    ``temperature=0`` is greedy. A row stops after emitting one of ``stop_tokens`` (default:
+    :func:`default_stop_tokens`, the config's EOS ids and the tokenizer's end-of-turn tokens; pass ``()``
+    for none), and that stop token is included in its output.
     """
     prep = _prepare(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     out = _generate_loop(

@@ -9,9 +9,14 @@ A ternary matrix ``[out, in]`` is handled as 2-bit codes ``w + 1`` in {0, 1, 2}.
   A byte stores up to five trits ``t0..t4`` as ``ceil(256 * sum(t_k * 3**(4-k)) / 243)``, so trit ``k``
   comes back as ``((byte * 3**k) mod 256) * 3 >> 8``. Bytes 0-31 hold weights ``32k + m``, bytes 32-47
   weights ``160 + 16k + m``, bytes 48-51 weights ``240 + 4k + m`` (four trits each).
-* **I2_S** (bitnet.cpp, x86 layout): blocks of 128 weights, 32 bytes each, byte ``m`` holding weights
-  ``m + 32g`` in bits ``7-2g:6-2g``; after the ``n/4`` code bytes one float32 scale and padding to 32
-  bytes. The scale multiplies.
+* **I2_S** (bitnet.cpp): ``n/4`` code bytes, then one float32 scale (multiplicative) and padding to 32
+  bytes. The file does not say which of bitnet.cpp's three code layouts it holds (``layout``):
+  ``x86`` (the default, x86 builds with ``ACT_PARALLEL``): blocks of 128 weights, byte ``m`` of a block
+  holding weights ``m + 32g`` in bits ``7-2g:6-2g``; ``arm`` (ARM NEON builds): blocks of 64, byte ``m``
+  holding weights ``m + 16g``; ``x86-1x4`` (x86 without ``ACT_PARALLEL``): byte ``[r, c]`` of an
+  ``[out/4, in]`` array holds rows ``4r .. 4r+3`` of column ``c`` in bits ``7:6 .. 1:0``.
+
+:func:`llama_qk_permutation` is the row order llama.cpp's converters give q/k for GGUF arch ``llama``.
 
 Decoders return ``(rows4 codes uint8 [out/4, in], per-block d or the I2_S scale)``.
 """
@@ -28,6 +33,8 @@ TQ2_0_BYTES = 66
 TQ1_0_BYTES = 54
 I2S_BLOCK = 128
 I2S_TAIL = 32
+# I2_S layout -> weights per block (0: the 4-row interleave, no blocks)
+I2S_LAYOUTS = {"x86": 128, "arm": 64, "x86-1x4": 0}
 _SHIFT_LO = np.array([0, 2, 4, 6], dtype=np.uint8)  # TQ2_0: group k at bits 2k
 _SHIFT_HI = np.array([6, 4, 2, 0], dtype=np.uint8)  # I2_S: group g at bits 6-2g
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
@@ -85,15 +92,27 @@ def decode_tq(raw: np.ndarray, shape: tuple[int, int], kind: str) -> tuple[np.nd
     return codes_to_rows4(codes.reshape(-1), shape), scale
 
 
-def decode_i2_s(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """I2_S bytes (x86 bitnet.cpp layout) -> (rows4 codes, the float32 scale)."""
+def _i2_s_layout(layout: str) -> int:
+    if layout not in I2S_LAYOUTS:
+        raise CodecError(f"unknown I2_S layout {layout!r}; choose one of {tuple(I2S_LAYOUTS)}")
+    return I2S_LAYOUTS[layout]
+
+
+def decode_i2_s(raw: np.ndarray, shape: tuple[int, int], layout: str = "x86") -> tuple[np.ndarray, float]:
+    """I2_S bytes in bitnet.cpp's ``layout`` -> (rows4 codes, the float32 scale)."""
+    block = _i2_s_layout(layout)
     n = shape[0] * shape[1]
-    if n % I2S_BLOCK:
-        raise CodecError(f"{n} elements are not a multiple of the I2_S block size {I2S_BLOCK}")
+    if block and n % block:
+        raise CodecError(f"{n} elements are not a multiple of the I2_S block size {block} ({layout} layout)")
+    if shape[0] % 4:
+        raise CodecError(f"{shape[0]} rows are not a multiple of 4")
     if raw.size != n // 4 + I2S_TAIL:
         raise CodecError(f"holds {raw.size} bytes, expected {n // 4 + I2S_TAIL}")
-    qs = raw[: n // 4].reshape(-1, 1, 32)
-    codes = (qs >> _SHIFT_HI.reshape(1, 4, 1)) & np.uint8(3)
+    qs = raw[: n // 4]
+    if block:
+        codes = (qs.reshape(-1, 1, block // 4) >> _SHIFT_HI.reshape(1, 4, 1)) & np.uint8(3)
+    else:  # [out/4, 1, in] -> rows 4r + g at bits 6-2g
+        codes = (qs.reshape(shape[0] // 4, 1, shape[1]) >> _SHIFT_HI.reshape(1, 4, 1)) & np.uint8(3)
     scale = float(np.ascontiguousarray(raw[n // 4 : n // 4 + 4]).view("<f4")[0])
     return codes_to_rows4(codes.reshape(-1), shape), scale
 
@@ -129,16 +148,34 @@ def encode_tq1_0(packed: np.ndarray, d: float = 1.0) -> np.ndarray:
     return np.concatenate([qs, _block_d(codes, d)], axis=1).reshape(-1)
 
 
-def encode_i2_s(packed: np.ndarray, scale: float) -> np.ndarray:
-    """rows4 codes + scale -> I2_S bytes as x86 bitnet.cpp writes them (codes, float32 scale, padding)."""
+def encode_i2_s(packed: np.ndarray, scale: float, layout: str = "x86") -> np.ndarray:
+    """rows4 codes + scale -> I2_S bytes as bitnet.cpp's ``layout`` writes them (codes, float32 scale, padding)."""
+    block = _i2_s_layout(layout)
     codes = rows4_to_codes(packed)
-    if codes.size % I2S_BLOCK:
-        raise CodecError(f"{codes.size} elements are not a multiple of the I2_S block size {I2S_BLOCK}")
-    groups = codes.reshape(-1, 4, 32) << _SHIFT_HI.reshape(1, 4, 1)
-    qs = np.bitwise_or.reduce(groups, axis=1).reshape(-1)
+    out, inp = packed.shape[0] * 4, packed.shape[1]
+    if block and codes.size % block:
+        raise CodecError(f"{codes.size} elements are not a multiple of the I2_S block size {block} ({layout} layout)")
+    groups = codes.reshape(-1, 4, block // 4) if block else codes.reshape(out // 4, 4, inp)
+    qs = np.bitwise_or.reduce(groups << _SHIFT_HI.reshape(1, 4, 1), axis=1).reshape(-1)
     tail = np.zeros(I2S_TAIL, dtype=np.uint8)
     tail[:4] = np.array([scale], dtype="<f4").view(np.uint8)
     return np.concatenate([qs, tail])
+
+
+def llama_qk_permutation(rows: int, heads: int) -> np.ndarray:
+    """Row ``i`` of a GGUF ``llama`` q/k weight is row ``perm[i]`` of the transformers weight.
+
+    llama.cpp's converters reorder each head's rows from rotate-half pairs ``(j, j + d/2)`` to adjacent
+    pairs ``(2j, 2j + 1)`` (NORM RoPE): ``w.reshape(heads, 2, d/2, K).swapaxes(1, 2).reshape(rows, K)``.
+    """
+    if rows % (2 * heads):
+        raise CodecError(f"{rows} rows do not split into {heads} heads of even size")
+    return np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(-1)
+
+
+def permute_rows4(packed: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """rows4 codes of the matrix whose row ``i`` is row ``perm[i]`` of ``packed``'s."""
+    return pack_rows4(unpack_rows4(np.asarray(packed, dtype=np.uint8), np.int8)[perm])
 
 
 def common_scale(d: np.ndarray, nonzero: np.ndarray) -> float:

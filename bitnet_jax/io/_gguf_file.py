@@ -30,7 +30,10 @@ I2_S_BLOCK = 128  # weights per I2_S block as x86 bitnet.cpp writes it
 I2_S_TAIL = 32  # bytes after the codes: one float32 scale, padded
 # Tensor types whose id means something else in bitnet.cpp's fork than upstream (facts sheet section 4).
 FORK_AMBIGUOUS_IDS = range(37, 64)
-FORK_ARCHS = ("bitnet-b1.58",)
+FORK_ARCHS = ("bitnet-b1.58", "bitnet-25")
+# bitnet.cpp's own types besides I2_S, refused by name (their layouts depend on build-time kernels)
+FORK_TYPES = {37: "I8_S (bitnet.cpp type 37)", 38: "TL1 (bitnet.cpp type 38)",
+              39: "TL2 (bitnet.cpp type 39; upstream llama.cpp uses 39 for MXFP4)"}
 
 _SCALARS: dict[int, tuple[str, np.dtype]] = {
     GGUFValueType.UINT8: ("<B", np.dtype("<u1")),
@@ -192,6 +195,8 @@ def _tensor_nbytes(name: str, dims: tuple[int, ...], type_id: int, arch: str | N
         if n % 4:
             raise cur.fail(field, f"I2_S tensor has {n} elements, not a multiple of 4")
         return n // 4 + I2_S_TAIL
+    if type_id in FORK_TYPES:  # no BitNet-family file holds upstream MXFP4: name both meanings of 39
+        raise cur.fail(field, f"{FORK_TYPES[type_id]} is not supported: convert the model to I2_S, TQ2_0 or TQ1_0")
     if arch in FORK_ARCHS and type_id in FORK_AMBIGUOUS_IDS:
         raise cur.fail(field, f"type id {type_id} means different things in bitnet.cpp and llama.cpp; not supported")
     try:

@@ -136,7 +136,7 @@ def random_checkpoint(config: ModelConfig, seed: int = 0, source: str = "random"
         if t.ternary:
             w = rng.integers(-1, 2, t.shape, dtype=np.int8)
             tensors[t.hf] = TernaryTensor(layouts.pack_rows4(w), scale=float(1.0 / np.sqrt(t.shape[1])))
-        elif t.hf.endswith("norm.weight"):
+        elif len(t.path) > 1 and t.path[-2].endswith("norm"):
             tensors[t.hf] = np.ones(t.shape, np.float32)
         else:
             tensors[t.hf] = rng.normal(0.0, 0.02, t.shape).astype(np.float32)

@@ -14,11 +14,15 @@ from bitnet_jax.model import BitNetModel
 from pallas_kernels import get_kernel
 
 
-def save_pretrained(model: BitNetModel, path: str | Path, format: str = "hf", quant: str | None = None) -> Path:
+def save_pretrained(model: BitNetModel, path: str | Path, format: str = "hf", quant: str | None = None,
+                    arch: str | None = None, i2_s_layout: str = "x86") -> Path:
     """Save ``model`` as a transformers directory (``format="hf"``) or a GGUF file (``format="gguf"``).
 
-    ``quant`` (GGUF only): ``i2_s`` (default, bitnet.cpp), ``tq2_0``, ``tq1_0``, ``f16`` or ``f32``. A
-    training-form model is absmean-quantized first. Writes go to a temporary name, then are renamed.
+    ``quant`` (GGUF only): ``i2_s`` (default, bitnet.cpp), ``tq2_0``, ``tq1_0``, ``f16`` or ``f32``;
+    ``arch`` overrides the GGUF architecture chosen for the family
+    (:func:`bitnet_jax.io.gguf_write.choose_arch`); ``i2_s_layout`` is the bitnet.cpp build an I2_S file
+    is for (``x86``, ``arm``, ``x86-1x4``). A training-form model is absmean-quantized first. Writes go
+    to a temporary name, then are renamed.
     """
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}; choose one of {FORMATS}")
@@ -28,18 +32,21 @@ def save_pretrained(model: BitNetModel, path: str | Path, format: str = "hf", qu
             "stores; save the model before converting its head"
         )
     if format == "hf":
-        if quant not in (None, "i2_s", "packed"):
-            raise CheckpointError(f"quant={quant!r} applies to GGUF only (HF directories are always 2-bit packed)")
+        if quant not in (None, "i2_s", "packed") or arch is not None:
+            raise CheckpointError(f"quant={quant!r} / arch={arch!r} apply to GGUF only (HF directories are always "
+                                  "2-bit packed)")
         return write_hf_checkpoint(model, path)
     if quant is not None and quant not in QUANTS:
         raise CheckpointError(f"unknown GGUF quant {quant!r}; choose one of {QUANTS}")
     tensors = params_to_tensors(model.config, model.params, model.packed)
-    return write_gguf(model.config, tensors, model.tokenizer, path, quant or "i2_s")
+    return write_gguf(model.config, tensors, model.tokenizer, path, quant or "i2_s", arch, i2_s_layout)
 
 
-def convert(src: str | Path, dst: str | Path, to: str | None = None, quant: str | None = None) -> Path:
-    """Convert a checkpoint between formats on the host (``to`` defaults from ``dst``'s suffix)."""
+def convert(src: str | Path, dst: str | Path, to: str | None = None, quant: str | None = None,
+            arch: str | None = None, i2_s_layout: str = "x86", src_i2_s_layout: str = "x86") -> Path:
+    """Convert a checkpoint (a path or a hub id) between formats on the host (``to`` defaults from
+    ``dst``'s suffix)."""
     if to is None:
         to = "gguf" if str(dst).endswith(".gguf") else "hf"
-    model = model_from_checkpoint(read_checkpoint(src), get_kernel("xla"), to_device=False)
-    return save_pretrained(model, dst, to, quant)
+    model = model_from_checkpoint(read_checkpoint(src, i2_s_layout=src_i2_s_layout), get_kernel("xla"), to_device=False)
+    return save_pretrained(model, dst, to, quant, arch, i2_s_layout)

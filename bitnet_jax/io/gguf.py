@@ -1,4 +1,9 @@
-"""BitNet b1.58 GGUF checkpoints (llama.cpp ``bitnet``, bitnet.cpp ``bitnet-b1.58``) -> :class:`Checkpoint`.
+"""BitNet b1.58 GGUF checkpoints of every family -> :class:`Checkpoint`.
+
+Architectures: ``bitnet`` (upstream llama.cpp, 1bitLLM conversions: sub-norms; FFN activation from
+``bitnet.hidden_activation``, SiLU when absent, as upstream decides), ``bitnet-b1.58`` and ``bitnet-25``
+(bitnet.cpp: relu², sub-norms) and ``llama`` holding ternary tensors (Llama3-8B-1.58, Falcon3, Falcon-E:
+SiLU, no sub-norms; the converters' q/k row permutation is undone; an ``output`` tensor is an untied head).
 
 Tensor types: F32, F16, BF16 (floats; a ternary linear stored as floats must hold ``{-s, 0, s}``),
 TQ1_0 / TQ2_0 (llama.cpp) and I2_S (bitnet.cpp, type 36). A ternary linear's scale is the product of
@@ -18,12 +23,14 @@ from tqdm import tqdm
 
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError, CodecError, ConfigError
-from bitnet_jax.io._codecs import codes_to_rows4, decode_i2_s, decode_tq
+from bitnet_jax.io._codecs import codes_to_rows4, decode_i2_s, decode_tq, llama_qk_permutation, permute_rows4
 from bitnet_jax.io._gguf_file import I2_S, GGUFFile, TensorInfo, open_gguf
 from bitnet_jax.io.checkpoint import Checkpoint, TernaryTensor
 from bitnet_jax.io.names import by_gguf
 
-ARCHS = ("bitnet", "bitnet-b1.58")
+ARCHS = ("bitnet", "bitnet-b1.58", "bitnet-25", "llama")
+RELU2_ARCHS = ("bitnet-b1.58", "bitnet-25")  # bitnet.cpp's graph for these computes relu^2 whatever the file says
+ACTIVATION_NAMES = {"silu": "silu", "swiglu": "silu", "relu2": "relu2", "relu_sqr": "relu2", "relu_squared": "relu2"}
 PROGRESS_BYTES = 256 << 20  # show a progress bar when the tensors exceed this
 
 def _meta(f: GGUFFile, key: str, kind: type | tuple, default: Any = None, required: bool = False) -> Any:
@@ -35,6 +42,23 @@ def _meta(f: GGUFFile, key: str, kind: type | tuple, default: Any = None, requir
     if isinstance(value, bool) or not isinstance(value, kind):
         raise CheckpointError(f"{f.path}: GGUF metadata {key} = {value!r} has the wrong type")
     return value
+
+
+def hidden_act_from_gguf(f: GGUFFile, arch: str) -> str:
+    """The FFN activation a GGUF's ``arch`` and ``{arch}.hidden_activation`` mean (see the module doc)."""
+    key = f"{arch}.hidden_activation"
+    name = _meta(f, key, str, default=None)
+    act = None
+    if name is not None:
+        act = ACTIVATION_NAMES.get(name.lower())
+        if act is None:
+            raise CheckpointError(f"{f.path}: GGUF metadata {key} = {name!r} is not an activation bitnet-jax runs "
+                                  f"(one of {sorted(ACTIVATION_NAMES)})")
+    fixed = "relu2" if arch in RELU2_ARCHS else "silu" if arch == "llama" else None
+    if fixed is not None and act is not None and act != fixed:
+        raise CheckpointError(f"{f.path}: GGUF metadata {key} = {name!r} contradicts arch {arch!r}, "
+                              f"whose graph computes {fixed} in every engine")
+    return fixed or act or "silu"
 
 
 def config_from_gguf(f: GGUFFile, arch: str) -> ModelConfig:
@@ -82,6 +106,8 @@ def config_from_gguf(f: GGUFFile, arch: str) -> ModelConfig:
             tie_word_embeddings="output.weight" not in f.tensors,
             bos_token_id=_meta(f, "tokenizer.ggml.bos_token_id", int),
             eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
+            hidden_act=hidden_act_from_gguf(f, arch),
+            sub_norms=arch != "llama",
         )
     except (ConfigError, ZeroDivisionError) as e:
         raise CheckpointError(f"{f.path}: GGUF metadata gives an invalid model config: {e}") from None
@@ -118,11 +144,11 @@ def _scale_tensor(f: GGUFFile, weight_name: str) -> float:
     return float(np.asarray(_float_array(f, t), dtype=np.float32).reshape(()))
 
 
-def _ternary(f: GGUFFile, t: TensorInfo, shape: tuple[int, int]) -> TernaryTensor:
+def _ternary(f: GGUFFile, t: TensorInfo, shape: tuple[int, int], i2_s_layout: str) -> TernaryTensor:
     raw = f.tensor_bytes(t.name)
     try:
         if t.type_id == I2_S:
-            codes, scale = decode_i2_s(raw, shape)
+            codes, scale = decode_i2_s(raw, shape, i2_s_layout)
         elif t.type_id in (T.TQ1_0, T.TQ2_0):
             codes, scale = decode_tq(raw, shape, t.type_name)
         elif t.type_id in (T.F32, T.F16, T.BF16):
@@ -130,12 +156,31 @@ def _ternary(f: GGUFFile, t: TensorInfo, shape: tuple[int, int]) -> TernaryTenso
         else:
             raise CodecError(f"type {t.type_name} is not a supported ternary type (I2_S, TQ1_0, TQ2_0, F32/F16/BF16)")
     except CodecError as e:
-        raise CheckpointError(f"{f.path}: tensor {t.name} ({t.type_name}): {e}") from None
+        hint = ""
+        if t.type_id in (T.F32, T.F16, T.BF16) and f.metadata.get("general.architecture") == "llama":
+            hint = "; a llama GGUF of full-precision weights is not a ternary model (it would be ternarized wrongly)"
+        raise CheckpointError(f"{f.path}: tensor {t.name} ({t.type_name}): {e}{hint}") from None
     return TernaryTensor(codes=codes, scale=scale * _scale_tensor(f, t.name))
 
 
-def read_gguf_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a BitNet b1.58 GGUF file into a :class:`Checkpoint` (ternary weights kept packed)."""
+def _unpermute_llama_qk(config: ModelConfig, name: str, t: TernaryTensor) -> TernaryTensor:
+    """Undo llama.cpp's q/k row permutation of a GGUF ``llama`` tensor (other tensors unchanged)."""
+    part = name.rsplit(".", 2)[-2]
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(part)
+    if heads is None:
+        return t
+    perm = llama_qk_permutation(t.shape[0], heads)
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(perm.size)
+    return TernaryTensor(permute_rows4(t.codes, inverse), t.scale)
+
+
+def read_gguf_checkpoint(path: str | Path, i2_s_layout: str = "x86") -> Checkpoint:
+    """Read a BitNet-family GGUF file into a :class:`Checkpoint` (ternary weights kept packed).
+
+    ``i2_s_layout`` says which bitnet.cpp build wrote its I2_S tensors (``x86``, the default; ``arm``;
+    ``x86-1x4``): the file does not record it.
+    """
     f = open_gguf(path)
     arch = f.metadata.get("general.architecture")
     if arch not in ARCHS:
@@ -156,7 +201,11 @@ def read_gguf_checkpoint(path: str | Path) -> Checkpoint:
                 raise CheckpointError(f"{f.path}: unexpected tensor {t.name} (not part of a {arch} model with this config)")
             if t.shape != name.shape:
                 raise CheckpointError(f"{f.path}: tensor {t.name} has shape {list(t.shape)}, expected {list(name.shape)}")
-            tensors[name.hf] = _ternary(f, t, name.shape) if name.ternary else _float_array(f, t)
+            if name.ternary:
+                value = _ternary(f, t, name.shape, i2_s_layout)
+                tensors[name.hf] = _unpermute_llama_qk(config, t.name, value) if arch == "llama" else value
+            else:
+                tensors[name.hf] = _float_array(f, t)
             bar.update(t.nbytes)
     missing = [n for n, t in expected.items() if t.hf not in tensors]
     if missing:

@@ -1,10 +1,16 @@
-"""Writing BitNet b1.58 GGUF files with ``gguf.GGUFWriter`` (llama.cpp names and keys).
+"""Writing BitNet-family GGUF files with ``gguf.GGUFWriter`` (llama.cpp names and keys).
 
-``quant`` picks the ternary encoding: ``i2_s`` (bitnet.cpp, arch ``bitnet-b1.58``, scale inside the
-tensor), ``tq2_0`` / ``tq1_0`` / ``f16`` / ``f32`` (llama.cpp, arch ``bitnet``: codes with ``d = 1`` or
-values -1/0/1, plus a float32 ``<name>.scale`` tensor). Either way the scale is stored exactly, so a
-read-back gives identical codes and scales. The embedding (and an untied head) is F16 except for
-``f32``; norms are F32. The tokenizer is written when it is a Llama 3 byte-level BPE.
+``quant`` picks the ternary encoding: ``i2_s`` (bitnet.cpp type 36, scale inside the tensor, in the
+``i2_s_layout`` of the bitnet.cpp build that will read it), ``tq2_0`` / ``tq1_0`` / ``f16`` / ``f32``
+(codes with ``d = 1`` or values -1/0/1, plus a float32 ``<name>.scale`` tensor). Either way the scale
+is stored exactly, so a read-back gives identical codes and scales. The embedding (and an untied head)
+is F16 except for ``f32``; norms are F32.
+
+The architecture follows the family (:func:`choose_arch`), so that the engines compute the model's own
+function: relu² with sub-norms (2B4T) -> ``bitnet-b1.58`` (bitnet.cpp); SiLU with sub-norms (1bitLLM)
+-> ``bitnet`` (llama.cpp's graph computes SiLU); no sub-norms (Llama, Falcon) -> ``llama``, with q/k rows
+permuted as llama.cpp's converters do. ``{arch}.hidden_activation`` is always written. The tokenizer is
+written as byte-level BPE (``gpt2`` / ``llama-bpe``) or SentencePiece (``llama``), with its chat template.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from gguf import GGMLQuantizationType as T
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError, CodecError
 from bitnet_jax.io._atomic import atomic_output
-from bitnet_jax.io._codecs import encode_i2_s, encode_tq1_0, encode_tq2_0, rows4_to_codes
+from bitnet_jax.io._codecs import (I2S_LAYOUTS, encode_i2_s, encode_tq1_0, encode_tq2_0, llama_qk_permutation,
+                                   permute_rows4, rows4_to_codes)
 from bitnet_jax.io._gguf_file import I2_S
 from bitnet_jax.io.checkpoint import TernaryTensor
-from bitnet_jax.io.formats import QUANTS
+from bitnet_jax.io.formats import GGUF_ARCHS, QUANTS
 from bitnet_jax.io.names import by_hf
 
 PROGRESS_BYTES = 256 << 20
@@ -33,10 +40,42 @@ _FILE_TYPE = {
     "f16": gguf.LlamaFileType.MOSTLY_F16,
     "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
     "tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0,
+    "i2_s": 40,  # bitnet.cpp's LLAMA_FTYPE_MOSTLY_I2_S (without it bitnet.cpp reports the type as guessed)
 }
 
 
-def _add_hparams(w: gguf.GGUFWriter, cfg: ModelConfig) -> None:
+def choose_arch(config: ModelConfig, arch: str | None = None) -> str:
+    """The GGUF architecture for ``config`` (default per family, see the module doc), checked against what
+    that architecture's graph computes in llama.cpp / bitnet.cpp."""
+    if config.use_rms_norm:
+        raise CheckpointError("GGUF cannot hold this model: no llama.cpp / bitnet.cpp graph has the BitLinear "
+                              "input RMSNorm (use_rms_norm); export it as a transformers directory")
+    relu2 = config.hidden_act == "relu2"
+    if arch is None:
+        arch = ("bitnet-b1.58" if relu2 else "bitnet") if config.sub_norms else "llama"
+    if arch not in GGUF_ARCHS:
+        raise CheckpointError(f"unknown GGUF arch {arch!r}; choose one of {GGUF_ARCHS}")
+    if arch == "llama" and (config.sub_norms or relu2):
+        raise CheckpointError(
+            "GGUF arch 'llama' computes SiLU without sub-norms, and no GGUF architecture runs "
+            f"{config.hidden_act} {'with' if config.sub_norms else 'without'} sub-norms that way; "
+            + ("use arch 'bitnet-b1.58' or 'bitnet'" if config.sub_norms else "this model cannot be exported to GGUF"))
+    if arch != "llama" and not config.sub_norms:
+        raise CheckpointError(f"GGUF arch {arch!r} has sub-norms, which this model has not: use arch 'llama'")
+    if arch in ("bitnet-b1.58", "bitnet-25") and not relu2:
+        raise CheckpointError(f"GGUF arch {arch!r} computes relu² in bitnet.cpp whatever the file says; this model "
+                              "uses silu: use arch 'bitnet'")
+    if arch != "llama" and not config.tie_word_embeddings:
+        warnings.warn(f"GGUF arch {arch!r}: the engines' graphs multiply by token_embd, so an untied head "
+                      "(output.weight) is ignored by bitnet.cpp and refused by llama.cpp; only bitnet-jax reads it back")
+    if arch == "bitnet" and relu2:
+        warnings.warn("GGUF arch 'bitnet' with hidden_activation relu2: llama.cpp builds that do not read "
+                      "bitnet.hidden_activation (llama-cpp-python 0.3.x included) compute SiLU instead")
+    return arch
+
+
+def _add_hparams(w: gguf.GGUFWriter, cfg: ModelConfig, arch: str) -> None:
+    w.add_string(f"{arch}.hidden_activation", cfg.hidden_act)
     w.add_vocab_size(cfg.vocab_size)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -72,20 +111,56 @@ def _llama3_bpe(tokenizer: Any) -> tuple[list[str], list[str], list[int]] | None
     return tokens, merges, types
 
 
+def _sentencepiece(tokenizer: Any) -> tuple[list[str], list[float], list[int]] | None:
+    """(pieces, scores, token types) when ``tokenizer`` is a SentencePiece-style byte-fallback BPE, else None.
+
+    Scores are the SentencePiece ones when the tokenizer came from a SentencePiece source, otherwise
+    ``-id`` (SentencePiece BPE scores fall with the id, so merges keep their order).
+    """
+    from bitnet_jax.io.tokenizer import TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN
+
+    spec = json.loads(tokenizer.backend.to_str())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return None
+    vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
+    pieces = [""] * (max(vocab.values()) + 1)
+    for tok, i in vocab.items():
+        pieces[i] = tok
+    scores = getattr(tokenizer, "scores", None)
+    scores = [float(x) for x in scores] if scores is not None else [-float(i) for i in range(len(pieces))]
+    specials = {a["content"] for a in spec.get("added_tokens") or [] if a.get("special")}
+    unk = model.get("unk_token")
+    types = [TOKEN_UNKNOWN if p == unk else TOKEN_CONTROL if p in specials else
+             TOKEN_BYTE if len(p) == 6 and p.startswith("<0x") and p.endswith(">") else TOKEN_NORMAL for p in pieces]
+    return pieces, scores, types
+
+
 def _add_tokenizer(w: gguf.GGUFWriter, tokenizer: Any, cfg: ModelConfig) -> None:
-    found = _llama3_bpe(tokenizer)
-    if found is None:
-        warnings.warn("the tokenizer is not a Llama 3 byte-level BPE; the GGUF file gets no tokenizer metadata")
+    bpe = _llama3_bpe(tokenizer)
+    spm = None if bpe is not None else _sentencepiece(tokenizer)
+    if bpe is None and spm is None:
+        warnings.warn("the tokenizer is neither a Llama 3 byte-level BPE nor a SentencePiece BPE; the GGUF file "
+                      "gets no tokenizer metadata")
         return
-    tokens, merges, types = found
+    tokens, types = (bpe[0], bpe[2]) if bpe else (spm[0], spm[2])
+    scores = spm[1] if spm else None
     for i in range(len(tokens), cfg.vocab_size):  # llama.cpp wants one token per embedding row
-        tokens.append(f"<|unused_{i}|>")
+        tokens.append(f"<|unused_{i}|>" if bpe else f"<unused_{i}>")
         types.append(gguf.TokenType.UNUSED)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
+        if scores is not None:
+            scores.append(-1e9)
+    if bpe:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("llama-bpe")
+        w.add_token_merges(bpe[1])
+    else:
+        w.add_tokenizer_model("llama")
+        w.add_token_scores(scores)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(merges)
+    if getattr(tokenizer, "chat_template", None):
+        w.add_chat_template(tokenizer.chat_template)
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else cfg.bos_token_id
     if bos is not None:
         w.add_bos_token_id(bos)
@@ -98,14 +173,19 @@ def _add_tokenizer(w: gguf.GGUFWriter, tokenizer: Any, cfg: ModelConfig) -> None
     w.add_add_bos_token(bos is not None)
 
 
-def _add_ternary(w: gguf.GGUFWriter, name: str, t: TernaryTensor, quant: str) -> None:
+def _add_ternary(w: gguf.GGUFWriter, name: str, t: TernaryTensor, quant: str, i2_s_layout: str) -> None:
     out, inp = t.shape
     codes = np.asarray(t.codes, dtype=np.uint8)
     if quant in ("tq2_0", "tq1_0") and inp % 256:
         raise CheckpointError(f"cannot encode tensor {name} as {quant.upper()}: rows of {inp} weights do not fill 256-weight blocks")
     try:
         if quant == "i2_s":
-            w.add_tensor(name, encode_i2_s(codes, t.scale).view(np.int8), raw_shape=(out, inp), raw_dtype=I2_S)
+            block = I2S_LAYOUTS[i2_s_layout] or 128
+            if inp % block:
+                warnings.warn(f"tensor {name}: rows of {inp} weights are not a multiple of {block}; bitnet.cpp's "
+                              f"I2_S kernels read such a matrix as garbage (only bitnet-jax reads this file back)")
+            w.add_tensor(name, encode_i2_s(codes, t.scale, i2_s_layout).view(np.int8), raw_shape=(out, inp),
+                         raw_dtype=I2_S)
             return
         if quant in ("tq2_0", "tq1_0"):
             raw = (encode_tq2_0 if quant == "tq2_0" else encode_tq1_0)(codes)
@@ -118,16 +198,33 @@ def _add_ternary(w: gguf.GGUFWriter, name: str, t: TernaryTensor, quant: str) ->
     w.add_tensor(name.removesuffix(".weight") + ".scale", np.array([t.scale], dtype=np.float32))
 
 
-def write_gguf(config: ModelConfig, tensors: dict[str, Any], tokenizer: Any, path: str | Path, quant: str = "i2_s") -> Path:
-    """Write tensors keyed by HF names (ternary ones as :class:`TernaryTensor`) as a GGUF file, atomically."""
+def _llama_rows(config: ModelConfig, name: str) -> np.ndarray | None:
+    """The converters' q/k row permutation for GGUF arch ``llama`` (None for other tensors)."""
+    part = name.rsplit(".", 2)[-2]
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(part)
+    if heads is None:
+        return None
+    rows = (config.num_attention_heads if part == "attn_q" else config.num_key_value_heads) * config.head_size
+    return llama_qk_permutation(rows, heads)
+
+
+def write_gguf(config: ModelConfig, tensors: dict[str, Any], tokenizer: Any, path: str | Path, quant: str = "i2_s",
+               arch: str | None = None, i2_s_layout: str = "x86") -> Path:
+    """Write tensors keyed by HF names (ternary ones as :class:`TernaryTensor`) as a GGUF file, atomically.
+
+    ``arch`` defaults per family (:func:`choose_arch`); ``i2_s_layout`` (``x86``, ``arm``, ``x86-1x4``)
+    is the code layout of the bitnet.cpp build that will read an ``i2_s`` file.
+    """
     if quant not in QUANTS:
         raise CheckpointError(f"unknown GGUF quant {quant!r}; choose one of {QUANTS}")
-    arch = "bitnet-b1.58" if quant == "i2_s" else "bitnet"
+    if i2_s_layout not in I2S_LAYOUTS:
+        raise CheckpointError(f"unknown I2_S layout {i2_s_layout!r}; choose one of {tuple(I2S_LAYOUTS)}")
+    arch = choose_arch(config, arch)
     names = by_hf(config)
     with atomic_output(path) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name("bitnet-jax export")
-        _add_hparams(w, config)
+        _add_hparams(w, config, arch)
         if quant in _FILE_TYPE:
             w.add_file_type(_FILE_TYPE[quant])
         if tokenizer is not None:
@@ -136,11 +233,16 @@ def write_gguf(config: ModelConfig, tensors: dict[str, Any], tokenizer: Any, pat
         total = 0
         for hf_name, value in tensors.items():
             name = names[hf_name].gguf
+            perm = _llama_rows(config, name) if arch == "llama" else None
             if isinstance(value, TernaryTensor):
-                _add_ternary(w, name, value, quant)
+                if perm is not None:
+                    value = TernaryTensor(permute_rows4(value.codes, perm), value.scale)
+                _add_ternary(w, name, value, quant, i2_s_layout)
                 total += value.codes.nbytes
             else:
                 arr = np.asarray(value, dtype=np.float32)
+                if perm is not None:  # a q/k projection kept float (modules_to_not_convert)
+                    arr = arr[perm]
                 if arr.ndim == 2:  # embedding / head
                     arr = arr.astype(float_type)
                 w.add_tensor(name, np.ascontiguousarray(arr))

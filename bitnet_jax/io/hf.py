@@ -1,4 +1,12 @@
-"""transformers-style BitNet directories: ``config.json`` + safetensors (single or sharded), read and written.
+"""transformers-style directories of every BitNet family: ``config.json`` + safetensors (single or
+sharded), read and written.
+
+Families (:func:`hf_family`): transformers' ``BitNetForCausalLM`` (``model_type: bitnet``), 1bitLLM's
+remote-code ``BitnetForCausalLM`` (``model_type: llama``, SiLU, sub-norms ``inner_attn_ln`` /
+``ffn_layernorm``, latent fp16 weights) and ``LlamaForCausalLM`` with a bitnet ``quantization_config``
+(Llama3-8B-1.58, Falcon3-1.58bit, Falcon-E: SiLU, no sub-norms). A Llama directory without a bitnet
+``quantization_config`` is full precision and is refused. ``generation_config.json``'s EOS ids join the
+config's.
 
 Two weight forms are understood:
 
@@ -20,6 +28,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from bitnet_jax.config import ModelConfig
+from bitnet_jax.config.model import BITNET_SUB_NORMS, ONEBITLLM_SUB_NORMS
 from bitnet_jax.errors import CheckpointError, ConfigError
 from bitnet_jax.io._atomic import atomic_output
 from bitnet_jax.io.checkpoint import Checkpoint, TernaryTensor, params_to_tensors
@@ -27,6 +36,8 @@ from bitnet_jax.io.names import ternary_tensors
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+GENERATION_FILE = "generation_config.json"
+ROTARY_BUFFER = ".rotary_emb.inv_freq"
 
 
 def is_hf_directory(path: Path) -> bool:
@@ -47,45 +58,143 @@ def load_hf_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
-    """Map a transformers ``BitNetConfig`` dict (``config.json``) onto a :class:`ModelConfig`."""
+# model_type -> (class defaults transformers fills in for keys a config.json leaves out)
+_DEFAULTS = {
+    "bitnet": dict(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
+                   num_attention_heads=20, hidden_act="relu2", max_position_embeddings=2048, rms_norm_eps=1e-5,
+                   rope_theta=500000.0),
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=1e-6,
+                  rope_theta=10000.0),
+}
+ONEBITLLM_ARCH = "BitnetForCausalLM"  # 1bitLLM's remote-code class (model_type llama, latent fp16 weights)
+
+
+def hf_family(hf: Mapping[str, Any], source: str = "config.json") -> str:
+    """Which family a ``config.json`` describes: ``bitnet`` (transformers' BitNetForCausalLM),
+    ``1bitllm`` (1bitLLM's BitnetForCausalLM) or ``llama`` (LlamaForCausalLM with a bitnet
+    ``quantization_config``). A Llama checkpoint without one is full precision and is refused."""
     model_type = hf.get("model_type")
-    if model_type != "bitnet":
-        raise ConfigError(f"{source}: unsupported model_type {model_type!r} (expected 'bitnet')")
+    archs = hf.get("architectures") or []
+    if not isinstance(archs, list):
+        raise ConfigError(f"{source}: architectures must be a list, got {type(archs).__name__}")
+    if model_type == "bitnet":
+        return "bitnet"
+    if model_type == "llama":
+        if ONEBITLLM_ARCH in archs:
+            return "1bitllm"
+        qc = hf.get("quantization_config")
+        if isinstance(qc, Mapping) and qc.get("quant_method") == "bitnet":
+            return "llama"
+        raise ConfigError(
+            f"{source}: a Llama checkpoint without a bitnet quantization_config (quant_method: bitnet) holds "
+            "full-precision weights, not a ternary model; ternarizing it would give a different, broken model"
+        )
+    raise ConfigError(f"{source}: unsupported model_type {model_type!r} (expected 'bitnet', or 'llama' with a "
+                      "bitnet quantization_config, or 1bitLLM's BitnetForCausalLM)")
+
+
+def _quantization_settings(hf: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """mode, linear_class, use_rms_norm, its eps and modules_to_not_convert from ``quantization_config``
+    (mode ``online``, i.e. latent weights quantized at load, when there is none)."""
+    qc = hf.get("quantization_config")
+    if qc is None:
+        return dict(mode="online", linear_class="autobitlinear", use_rms_norm=False, eps=1e-6, skip=None)
+    if not isinstance(qc, Mapping):
+        raise ConfigError(f"{source}: quantization_config must be an object")
+    key = lambda name: f"{source}: quantization_config.{name}"  # noqa: E731
+    method = qc.get("quant_method", "bitnet")
+    if method != "bitnet":
+        raise ConfigError(f"{key('quant_method')}: unsupported {method!r} (expected 'bitnet')")
+    mode = qc.get("quantization_mode", "offline")
+    linear_class = qc.get("linear_class", "bitlinear")
+    if mode not in ("online", "offline"):
+        raise ConfigError(f"{key('quantization_mode')}: unknown {mode!r} (expected 'online' or 'offline')")
+    if linear_class not in ("bitlinear", "autobitlinear"):
+        raise ConfigError(f"{key('linear_class')}: unknown {linear_class!r} (expected 'bitlinear' or 'autobitlinear')")
+    if mode == "online" and linear_class != "autobitlinear":
+        raise ConfigError(f"{key('quantization_mode')}: 'online' exists only with linear_class 'autobitlinear'")
+    use_rms_norm = qc.get("use_rms_norm", False)
+    if not isinstance(use_rms_norm, bool):
+        raise ConfigError(f"{key('use_rms_norm')}: must be true or false, got {use_rms_norm!r}")
+    eps = qc.get("rms_norm_eps", 1e-6)
+    if eps is None:
+        eps = 1e-6
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ConfigError(f"{key('rms_norm_eps')}: must be a number > 0, got {eps!r}")
+    skip = qc.get("modules_to_not_convert")
+    if skip is not None and (not isinstance(skip, list) or not all(isinstance(m, str) for m in skip)):
+        raise ConfigError(f"{key('modules_to_not_convert')}: must be a list of module names or null, got {skip!r:.80}")
+    return dict(mode=mode, linear_class=linear_class, use_rms_norm=use_rms_norm, eps=float(eps),
+                skip=None if skip is None else tuple(skip))
+
+
+def _eos_ids(value: Any, source: str, key: str) -> list[int]:
+    if value is None:
+        return []
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{source}: {key} must be a token id or a list of them, got {value!r:.80}")
+    return values
+
+
+def config_from_hf(hf: Mapping[str, Any], source: str = "config.json",
+                   generation: Mapping[str, Any] | None = None) -> ModelConfig:
+    """Map a transformers ``config.json`` (BitNet, 1bitLLM or ternary Llama) onto a :class:`ModelConfig`.
+
+    ``generation`` (``generation_config.json``) adds its EOS ids to the config's.
+    """
+    family = hf_family(hf, source)
+    defaults = _DEFAULTS["bitnet" if family == "bitnet" else "llama"]
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if not isinstance(rope, Mapping):
         raise ConfigError(f"{source}: rope_parameters must be an object, got {type(rope).__name__}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ConfigError(f"{source}: unsupported rope type {rope_type!r} (only 'default' RoPE is supported)")
-    theta = hf.get("rope_theta", rope.get("rope_theta", 500000.0))
-    if hf.get("attention_bias"):
-        raise ConfigError(f"{source}: attention_bias=true is not part of BitNet b1.58 and is not supported")
+    theta = hf.get("rope_theta", rope.get("rope_theta", defaults["rope_theta"]))
+    for bias in ("attention_bias", "mlp_bias"):
+        if hf.get(bias):
+            raise ConfigError(f"{source}: {bias}=true is not part of BitNet b1.58 and is not supported")
+    qs = _quantization_settings(hf, source)
+    eos = _eos_ids(hf.get("eos_token_id"), source, "eos_token_id")
+    if generation is not None:
+        eos += _eos_ids(generation.get("eos_token_id"), "generation_config.json", "eos_token_id")
+    eos = list(dict.fromkeys(eos))
+    skip = qs["skip"]
+    heads = hf.get("num_attention_heads", defaults["num_attention_heads"])
     fields = dict(
-        vocab_size=hf.get("vocab_size", 128256),
-        hidden_size=hf.get("hidden_size", 2560),
-        intermediate_size=hf.get("intermediate_size", 6912),
-        num_hidden_layers=hf.get("num_hidden_layers", 30),
-        num_attention_heads=hf.get("num_attention_heads", 20),
-        num_key_value_heads=hf.get("num_key_value_heads") or hf.get("num_attention_heads", 20),
+        vocab_size=hf.get("vocab_size", defaults["vocab_size"]),
+        hidden_size=hf.get("hidden_size", defaults["hidden_size"]),
+        intermediate_size=hf.get("intermediate_size", defaults["intermediate_size"]),
+        num_hidden_layers=hf.get("num_hidden_layers", defaults["num_hidden_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=hf.get("num_key_value_heads") or heads,
         head_dim=hf.get("head_dim"),
-        hidden_act=hf.get("hidden_act", "relu2"),
-        max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-5),
+        hidden_act=hf.get("hidden_act", defaults["hidden_act"]),
+        max_position_embeddings=hf.get("max_position_embeddings", defaults["max_position_embeddings"]),
+        rms_norm_eps=hf.get("rms_norm_eps", defaults["rms_norm_eps"]),
         rope_theta=theta,
         tie_word_embeddings=hf.get("tie_word_embeddings", False),
         bos_token_id=hf.get("bos_token_id"),
-        eos_token_id=hf.get("eos_token_id"),
+        eos_token_id=eos[0] if len(eos) == 1 else (tuple(eos) or None),
         pad_token_id=hf.get("pad_token_id"),
+        sub_norms=family != "llama",
+        sub_norm_names=ONEBITLLM_SUB_NORMS if family == "1bitllm" else BITNET_SUB_NORMS,
+        use_rms_norm=qs["use_rms_norm"],
+        linear_rms_norm_eps=qs["eps"],
+        modules_to_not_convert=skip,
     )
     return ModelConfig.from_dict(fields, source=source, prefix="")
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """The transformers ``BitNetConfig`` dict for ``config`` (without quantization_config)."""
-    return {
-        "architectures": ["BitNetForCausalLM"],
-        "model_type": "bitnet",
+    """The transformers config dict for ``config`` (without quantization_config): ``BitNetForCausalLM``
+    for a model with sub-norms (whatever its checkpoint names them), ``LlamaForCausalLM`` without."""
+    bitnet = config.sub_norms
+    out = {
+        "architectures": ["BitNetForCausalLM" if bitnet else "LlamaForCausalLM"],
+        "model_type": "bitnet" if bitnet else "llama",
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -105,30 +214,19 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "attention_bias": False,
         "torch_dtype": config.dtype,
     }
+    if not bitnet:
+        out["mlp_bias"] = False
+    return out
 
 
-def _quantization_settings(hf: dict[str, Any], source: str) -> tuple[str, str]:
-    """(mode, linear_class) from ``quantization_config``; mode is ``online`` when there is none."""
-    qc = hf.get("quantization_config")
-    if qc is None:
-        return "online", "autobitlinear"
-    if not isinstance(qc, dict):
-        raise ConfigError(f"{source}: quantization_config must be an object")
-    method = qc.get("quant_method", "bitnet")
-    if method != "bitnet":
-        raise ConfigError(f"{source}: unsupported quantization_config.quant_method {method!r} (expected 'bitnet')")
-    mode = qc.get("quantization_mode", "offline")
-    linear_class = qc.get("linear_class", "bitlinear")
-    if mode not in ("online", "offline"):
-        raise ConfigError(f"{source}: unknown quantization_config.quantization_mode {mode!r}")
-    if linear_class not in ("bitlinear", "autobitlinear"):
-        raise ConfigError(f"{source}: unknown quantization_config.linear_class {linear_class!r}")
-    if qc.get("use_rms_norm"):
-        raise ConfigError(f"{source}: quantization_config.use_rms_norm=true is not supported")
-    skipped = [m for m in qc.get("modules_to_not_convert") or [] if m not in ("lm_head", "model.embed_tokens")]
-    if skipped:
-        raise ConfigError(f"{source}: quantization_config.modules_to_not_convert {skipped} is not supported")
-    return mode, linear_class
+def quantization_config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """The ``quantization_config`` of a packed directory we write (autobitlinear, offline)."""
+    qc: dict[str, Any] = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
+    if config.use_rms_norm:
+        qc.update(use_rms_norm=True, rms_norm_eps=config.linear_rms_norm_eps)
+    if config.modules_to_not_convert is not None:
+        qc["modules_to_not_convert"] = list(config.modules_to_not_convert)
+    return qc
 
 
 def _weight_files(path: Path) -> dict[str, Path]:
@@ -181,12 +279,15 @@ def read_hf_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     cfg_file = path / "config.json"
     hf = load_hf_config_file(cfg_file)
-    config = config_from_hf(hf, source=str(cfg_file))
-    mode, linear_class = _quantization_settings(hf, str(cfg_file))
+    config = config_from_hf(hf, source=str(cfg_file), generation=_generation_config(path))
+    qs = _quantization_settings(hf, str(cfg_file))
+    mode, linear_class = qs["mode"], qs["linear_class"]
     raw = _read_tensors(_weight_files(path))
     tensors: dict[str, Any] = {}
     ternary_names = {t.hf.removesuffix(".weight") for t in ternary_tensors(config)}
     for name, arr in raw.items():
+        if name.endswith(ROTARY_BUFFER):
+            continue  # older Llama checkpoints store RoPE's inverse frequencies: recomputed from the config
         prefix = name.rsplit(".", 1)[0]
         if prefix not in ternary_names:
             tensors[name] = arr
@@ -220,39 +321,41 @@ def read_hf_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(f"{path}: tensor {prefix}.weight_scale is {stored!r} (must be finite and > 0)")
         scale = stored if linear_class == "autobitlinear" else 1.0 / stored
         tensors[name] = TernaryTensor(codes=arr, scale=scale)
-    tokenizer = None
-    if (path / "tokenizer.json").is_file():
-        from bitnet_jax.io.tokenizer import Tokenizer
+    from bitnet_jax.io.tokenizer import tokenizer_from_hf_directory
 
-        tokenizer = Tokenizer.from_file(path / "tokenizer.json", config)
+    tokenizer = tokenizer_from_hf_directory(path, config)
     return Checkpoint(config=config, tensors=tensors, source=str(path), tokenizer=tokenizer)
+
+
+def _generation_config(path: Path) -> dict[str, Any] | None:
+    """``generation_config.json`` of a directory (None when there is none)."""
+    f = path / GENERATION_FILE
+    return load_hf_config_file(f) if f.is_file() else None
 
 
 def write_hf_checkpoint(model, path: str | Path) -> Path:
     """Write a model as a transformers directory (autobitlinear, offline), atomically.
 
-    The directory holds ``config.json``, ``model.safetensors`` (ternary weights as uint8 ``rows4`` +
-    multiplicative ``weight_scale``; a training-form model is absmean-quantized first) and
-    ``tokenizer.json`` when the model has a tokenizer.
+    The directory holds ``config.json`` (``BitNetForCausalLM`` with sub-norms, under transformers' names
+    whatever the source called them; ``LlamaForCausalLM`` + bitnet ``quantization_config`` without),
+    ``model.safetensors`` (ternary weights as uint8 ``rows4`` + multiplicative ``weight_scale``; a
+    training-form model is absmean-quantized first) and the tokenizer files when the model has one.
     """
     from safetensors.numpy import save_file
 
+    config = model.config.replace(sub_norm_names=BITNET_SUB_NORMS) if model.config.sub_norms else model.config
     tensors: dict[str, np.ndarray] = {}
-    for name, value in params_to_tensors(model.config, model.params, model.packed).items():
+    for name, value in params_to_tensors(config, model.params, model.packed).items():
         if isinstance(value, TernaryTensor):
             tensors[name] = np.ascontiguousarray(value.codes, dtype=np.uint8)
             tensors[name.removesuffix(".weight") + ".weight_scale"] = np.array([value.scale], np.float32)
         else:
             tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
-    hf_config = config_to_hf(model.config)
-    hf_config["quantization_config"] = {
-        "quant_method": "bitnet",
-        "linear_class": "autobitlinear",
-        "quantization_mode": "offline",
-    }
+    hf_config = config_to_hf(config)
+    hf_config["quantization_config"] = quantization_config_to_hf(config)
     with atomic_output(path, directory=True) as tmp:
         save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         if model.tokenizer is not None:
-            model.tokenizer.backend.save(str(tmp / "tokenizer.json"))
+            model.tokenizer.save(tmp)
     return Path(path)

@@ -37,9 +37,24 @@ def detect_format(path: Path) -> str:
     raise CheckpointError(f"{path}: unrecognised model file (not a GGUF file and not a transformers directory)")
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read any supported checkpoint format into a format-neutral :class:`Checkpoint`."""
-    path = Path(path).expanduser()
+def local_path(path: str | Path, filename: str | None = None) -> Path:
+    """``path`` itself when it exists here, else a Hugging Face id resolved through the local cache /
+    the Hub (:mod:`bitnet_jax.io.hub`); ``filename`` picks a file in a directory or a hub repository."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        from bitnet_jax.io import hub
+
+        if hub.is_hub_id(str(path)):
+            return hub.resolve(str(path), filename)
+    return local / filename if filename else local
+
+
+def read_checkpoint(path: str | Path, filename: str | None = None, i2_s_layout: str = "x86") -> Checkpoint:
+    """Read any supported checkpoint format (a path or a hub id) into a format-neutral :class:`Checkpoint`.
+
+    ``i2_s_layout`` names the bitnet.cpp build that wrote a GGUF's I2_S tensors (``x86``, ``arm``, ``x86-1x4``).
+    """
+    path = local_path(path, filename)
     fmt = detect_format(path)
     if fmt == "hf":
         from bitnet_jax.io.hf import read_hf_checkpoint
@@ -49,7 +64,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
     if path.is_dir():
         path = next(iter(sorted(path.glob("*.gguf"))))
-    return read_gguf_checkpoint(path)
+    return read_gguf_checkpoint(path, i2_s_layout)
 
 
 def release_host_memory() -> None:
@@ -96,17 +111,22 @@ def model_from_checkpoint(
     return BitNetModel(ckpt.config, params, ckpt.tokenizer, form=Form(kernel=kernel, scan_layers=scan_layers))
 
 
-def _read_with_dtype(path: str | Path, dtype: str | None) -> Checkpoint:
-    ckpt = read_checkpoint(path)
+def _read_with_dtype(path: str | Path, dtype: str | None, **read: Any) -> Checkpoint:
+    ckpt = read_checkpoint(path, **read)
     if dtype is not None:
         ckpt = dataclasses.replace(ckpt, config=ckpt.config.replace(dtype=dtype))
     return ckpt
 
 
 def from_pretrained(
-    path: str | Path, *, dtype: str | None = None, kernel: str | Kernel | None = None, scan_layers: bool = False
+    path: str | Path, *, dtype: str | None = None, kernel: str | Kernel | None = None, scan_layers: bool = False,
+    filename: str | None = None, i2_s_layout: str = "x86",
 ) -> BitNetModel:
-    """Load a BitNet b1.58 model (transformers directory or GGUF file), ternary weights kept packed.
+    """Load a BitNet b1.58 model of any family (transformers directory, GGUF file, or a Hugging Face id
+    such as ``microsoft/bitnet-b1.58-2B-4T`` / ``org/name:file.gguf``), ternary weights kept packed.
+
+    A hub id is looked up in the local cache first (``HF_HUB_OFFLINE=1`` never goes online); ``filename``
+    names the GGUF file of a repository; ``i2_s_layout`` the bitnet.cpp build that wrote I2_S tensors.
 
     ``kernel`` names the ternary-matmul backend (default: ``$BITNET_JAX_KERNEL``, else the platform's;
     see :func:`pallas_kernels.select_kernel`); the weights are packed in its layout. ``dtype``
@@ -121,6 +141,7 @@ def from_pretrained(
     """
     chosen = kernel if isinstance(kernel, Kernel) else select_kernel(kernel)
     # no local name holds the checkpoint: it is freed as soon as the conversion returns
-    model = model_from_checkpoint(_read_with_dtype(path, dtype), chosen, scan_layers)
+    model = model_from_checkpoint(_read_with_dtype(path, dtype, filename=filename, i2_s_layout=i2_s_layout),
+                                  chosen, scan_layers)
     release_host_memory()
     return model

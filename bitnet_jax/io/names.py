@@ -30,33 +30,71 @@ class TensorName:
     ternary: bool
 
 
-def _layer_tensors(config: ModelConfig) -> tuple[tuple[str, str, tuple[int, ...], bool], ...]:
-    """(HF suffix, GGUF suffix, shape, ternary) of one decoder layer's tensors, in checkpoint order."""
+# (HF name inside a layer, parameter path inside the layer, GGUF suffix) of each ternary linear.
+_LINEARS = (
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+)
+# The parameter paths of the two sub-norms (their checkpoint names come from ``config.sub_norm_names``).
+SUB_NORM_PATHS = (("self_attn", "attn_sub_norm"), ("mlp", "ffn_sub_norm"))
+LINEAR_NORM = "rms_norm"  # transformers' BitLinear-internal RMSNorm (use_rms_norm): <linear>.rms_norm.weight
+
+
+def _layer_tensors(config: ModelConfig) -> tuple[tuple[str, tuple[str, ...], str, tuple[int, ...], str], ...]:
+    """(HF suffix, parameter path, GGUF suffix, shape, kind) of one decoder layer's tensors, in checkpoint
+    order; kind is ``linear`` (ternary unless ``modules_to_not_convert`` says otherwise), ``norm``, or
+    ``linear_norm`` (the input norm a ternary linear has with ``use_rms_norm``)."""
     d, f, hd = config.hidden_size, config.intermediate_size, config.head_size
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    return (
-        ("input_layernorm", "attn_norm", (d,), False),
-        ("self_attn.q_proj", "attn_q", (q, d), True),
-        ("self_attn.k_proj", "attn_k", (kv, d), True),
-        ("self_attn.v_proj", "attn_v", (kv, d), True),
-        ("self_attn.o_proj", "attn_output", (d, q), True),
-        ("self_attn.attn_sub_norm", "attn_sub_norm", (q,), False),
-        ("post_attention_layernorm", "ffn_norm", (d,), False),
-        ("mlp.gate_proj", "ffn_gate", (f, d), True),
-        ("mlp.up_proj", "ffn_up", (f, d), True),
-        ("mlp.down_proj", "ffn_down", (d, f), True),
-        ("mlp.ffn_sub_norm", "ffn_sub_norm", (f,), False),
-    )
+    shapes = {"attn_q": (q, d), "attn_k": (kv, d), "attn_v": (kv, d), "attn_output": (d, q),
+              "ffn_gate": (f, d), "ffn_up": (f, d), "ffn_down": (d, f)}
+    out = []
+
+    def linear(hf: str, gguf: str) -> None:
+        out.append((hf, tuple(hf.split(".")), gguf, shapes[gguf], "linear"))
+        if config.use_rms_norm:
+            out.append((f"{hf}.{LINEAR_NORM}", (*hf.split("."), LINEAR_NORM), f"{gguf}.{LINEAR_NORM}",
+                        (shapes[gguf][1],), "linear_norm"))
+
+    def sub_norm(which: int, size: int) -> None:
+        if config.sub_norms:
+            gguf = SUB_NORM_PATHS[which][1]
+            out.append((config.sub_norm_names[which], SUB_NORM_PATHS[which], gguf, (size,), "norm"))
+
+    out.append(("input_layernorm", ("input_layernorm",), "attn_norm", (d,), "norm"))
+    for hf, gguf in _LINEARS[:3]:
+        linear(hf, gguf)
+    sub_norm(0, q)  # applied before o_proj; listed after q/k/v as checkpoints order it
+    linear(*_LINEARS[3])
+    out.append(("post_attention_layernorm", ("post_attention_layernorm",), "ffn_norm", (d,), "norm"))
+    for hf, gguf in _LINEARS[4:]:
+        linear(hf, gguf)
+    sub_norm(1, f)
+    return tuple(out)
 
 
 def tensor_names(config: ModelConfig) -> Iterator[TensorName]:
-    """Every tensor of a model with ``config``: embedding, layers, final norm, and an untied head."""
+    """Every tensor of a model with ``config``: embedding, layers, final norm, and an untied head.
+
+    A linear listed in ``modules_to_not_convert`` is a float tensor (its path ends in ``weight``).
+    """
     vocab, d = config.vocab_size, config.hidden_size
     yield TensorName("model.embed_tokens.weight", ("embed_tokens",), "token_embd.weight", (vocab, d), False)
+    layer = _layer_tensors(config)
     for i in range(config.num_hidden_layers):
-        for hf, gguf, shape, ternary in _layer_tensors(config):
-            path = (f"layers_{i}", *hf.split("."))
-            yield TensorName(f"model.layers.{i}.{hf}.weight", path if ternary else (*path, "weight"),
+        for hf, path, gguf, shape, kind in layer:
+            owner = hf.removesuffix(f".{LINEAR_NORM}") if kind == "linear_norm" else hf
+            converted = kind != "norm" and config.is_ternary(f"model.layers.{i}.{owner}")
+            if kind == "linear_norm" and not converted:
+                continue  # a float linear has no BitLinear input norm
+            ternary = kind == "linear" and converted
+            full = (f"layers_{i}", *path)
+            yield TensorName(f"model.layers.{i}.{hf}.weight", full if ternary else (*full, "weight"),
                              f"blk.{i}.{gguf}.weight", shape, ternary)
     yield TensorName("model.norm.weight", ("norm", "weight"), "output_norm.weight", (d,), False)
     if not config.tie_word_embeddings:

@@ -1,4 +1,5 @@
-"""Building blocks without weights to quantize: RMSNorm and the rotary position embedding."""
+"""Building blocks without weights to quantize: RMSNorm, the FFN activations and the rotary position
+embedding."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ class RMSNorm(nn.Module):
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return weight.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def relu2(x: jax.Array) -> jax.Array:
+    """Squared ReLU, ``relu(x)^2`` (BitNet b1.58 2B4T)."""
+    return jnp.square(jax.nn.relu(x))
+
+
+# ModelConfig.hidden_act -> the gate activation of the FFN
+ACTIVATIONS = {"relu2": relu2, "silu": jax.nn.silu}
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float) -> jax.Array:

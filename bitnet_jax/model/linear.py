@@ -9,6 +9,9 @@
   in the kernel's layout) and ``weight_scale`` (the multiplicative dequantization scale ``1 / s_w``);
   activations quantized to int8, an exact int32 product by the injected :class:`~pallas_kernels.Kernel`,
   then the rescale ``acc / s_x * weight_scale``.
+
+Both take ``input_norm_eps``: when set, the input first goes through a weighted RMSNorm ``rms_norm``
+(transformers' ``BitNetQuantConfig(use_rms_norm=True)``), before the activations are quantized.
 """
 
 from __future__ import annotations
@@ -20,9 +23,15 @@ import jax
 import jax.numpy as jnp
 
 from bitnet_jax.model import quant
+from bitnet_jax.model.layers import RMSNorm
 from pallas_kernels import Kernel
 
 INIT_STD = 0.02
+
+
+def input_norm(x: jax.Array, eps: float | None, dtype: Any) -> jax.Array:
+    """The BitLinear-internal RMSNorm ``rms_norm`` of a linear's input (identity when ``eps`` is None)."""
+    return x if eps is None else RMSNorm(x.shape[-1], eps, dtype, name="rms_norm")(x)
 
 
 class QATLinear(nn.Module):
@@ -32,9 +41,11 @@ class QATLinear(nn.Module):
     dtype: Any = jnp.float32
     quantize: bool = True
     weight_quantizer: Callable[[jax.Array], jax.Array] = quant.fake_quantize_weights
+    input_norm_eps: float | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        x = input_norm(x, self.input_norm_eps, self.dtype)
         w = self.param("weight", nn.initializers.normal(INIT_STD), (self.features, x.shape[-1]), jnp.float32)
         if self.quantize:
             x, w = quant.fake_quantize_activations(x), self.weight_quantizer(w)
@@ -48,9 +59,11 @@ class PackedLinear(nn.Module):
     features: int
     kernel: Kernel
     dtype: Any = jnp.float32
+    input_norm_eps: float | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        x = input_norm(x, self.input_norm_eps, self.dtype)
         k = x.shape[-1]
 
         def init_codes():  # random ternary codes (real weights come from a checkpoint)

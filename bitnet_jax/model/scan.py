@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitnet_jax.errors import ConfigError
 from bitnet_jax.model.cache import LayerCache
 from pallas_kernels import PackedWeight
 
@@ -31,6 +32,10 @@ def _is_packed(x: Any) -> bool:
 def stack_layers(params: dict, num_layers: int) -> dict:
     """Unrolled parameters (``layers_0 .. layers_{L-1}``) as the stacks of a ``scan_layers`` model (NumPy)."""
     per_layer = [params[f"layers_{i}"] for i in range(num_layers)]
+    structures = {jax.tree_util.tree_structure(layer) for layer in per_layer}
+    if len(structures) > 1:
+        raise ConfigError("scan_layers needs every layer to hold the same parameters; these layers differ "
+                          "(modules_to_not_convert keeps a linear float in some layers only): load without scan_layers")
     rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *per_layer)
     return {**rest, LAYERS: stacked}

@@ -1,12 +1,16 @@
-"""The BitNet b1.58 decoder (the 2B4T architecture) as pure Flax linen modules.
+"""The BitNet b1.58 decoder (every family: 2B4T, 1bitLLM, Llama-architecture ternary models) as pure
+Flax linen modules.
 
 Per layer (pre-norm)::
 
     h   = x + o_proj(attn_sub_norm(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))))
-    out = h + down_proj(ffn_sub_norm(relu(gate_proj(m))^2 * up_proj(m)))
+    out = h + down_proj(ffn_sub_norm(act(gate_proj(m)) * up_proj(m)))
 
-with ``n = input_layernorm(x)`` and ``m = post_attention_layernorm(h)``; then a final ``norm`` and the
-(tied or separate) float head. Module and parameter names follow transformers' ``BitNetForCausalLM`` so
+with ``n = input_layernorm(x)``, ``m = post_attention_layernorm(h)`` and ``act`` the config's
+``hidden_act`` (``relu2``: relu(x)^2, or ``silu``); then a final ``norm`` and the (tied or separate)
+float head. The sub-norms exist when ``config.sub_norms`` (BitNet, 1bitLLM) and are left out otherwise
+(Llama, Falcon3, Falcon-E). With ``config.use_rms_norm`` every ternary linear normalizes its own input
+first; a linear that ``config.modules_to_not_convert`` names stays a float linear. Module and parameter names follow transformers' ``BitNetForCausalLM`` so
 that checkpoint names map one to one. Every ``*_proj`` is a ternary linear in the form the model's
 :class:`~bitnet_jax.model.Form` says (:mod:`bitnet_jax.model.linear`); attention reads and writes the
 static-shape KV cache of :mod:`bitnet_jax.model.cache`.
@@ -21,19 +25,25 @@ import jax
 import jax.numpy as jnp
 
 from bitnet_jax.config import ModelConfig
+from bitnet_jax.errors import ConfigError
 from bitnet_jax.model import head as head_lib, scan
 from bitnet_jax.model.cache import KVCache, LayerCache
 from bitnet_jax.model.form import Form
-from bitnet_jax.model.layers import RMSNorm, apply_rope
+from bitnet_jax.model.layers import ACTIVATIONS, RMSNorm, apply_rope
 from bitnet_jax.model.linear import PackedLinear, QATLinear
 from pallas_kernels import get_kernel
 
 
-def linear(form: Form, features: int, dtype: Any, name: str) -> nn.Module:
-    """The ternary linear layer ``name`` in the form's shape: packed (inference) or latent (training)."""
+def linear(form: Form, cfg: ModelConfig, features: int, dtype: Any, name: str, floats: frozenset[str]) -> nn.Module:
+    """The linear layer ``name`` (e.g. ``self_attn.q_proj``) in the form's shape: packed (inference) or
+    latent (training) ternary, or a plain float linear when it is one of ``floats``."""
+    module = name.rsplit(".", 1)[-1]
+    if name in floats:
+        return QATLinear(features, dtype, quantize=False, name=module)
+    eps = cfg.linear_rms_norm_eps if cfg.use_rms_norm else None
     if form.packed:
-        return PackedLinear(features, form.kernel, dtype, name=name)
-    return QATLinear(features, dtype, form.quantize, form.weight_quantizer, name=name)
+        return PackedLinear(features, form.kernel, dtype, eps, name=module)
+    return QATLinear(features, dtype, form.quantize, form.weight_quantizer, eps, name=module)
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array) -> jax.Array:
@@ -50,61 +60,74 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array) -> 
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with RoPE and the BitNet ``attn_sub_norm`` before ``o_proj``."""
+    """Grouped-query self-attention with RoPE and (BitNet) the ``attn_sub_norm`` before ``o_proj``."""
 
     config: ModelConfig
     form: Form
+    floats: frozenset[str] = frozenset()  # this layer's float linears (modules_to_not_convert)
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, cache: LayerCache | None = None):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         b, t, _ = x.shape
         hd, heads, kv_heads = cfg.head_size, cfg.num_attention_heads, cfg.num_key_value_heads
-        q = linear(self.form, heads * hd, dtype, "q_proj")(x).reshape(b, t, heads, hd)
-        k = linear(self.form, kv_heads * hd, dtype, "k_proj")(x).reshape(b, t, kv_heads, hd)
-        v = linear(self.form, kv_heads * hd, dtype, "v_proj")(x).reshape(b, t, kv_heads, hd)
+
+        def proj(name: str, features: int) -> nn.Module:
+            return linear(self.form, cfg, features, dtype, f"self_attn.{name}", self.floats)
+
+        q = proj("q_proj", heads * hd)(x).reshape(b, t, heads, hd)
+        k = proj("k_proj", kv_heads * hd)(x).reshape(b, t, kv_heads, hd)
+        v = proj("v_proj", kv_heads * hd)(x).reshape(b, t, kv_heads, hd)
         q, k = apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta)
         if cache is not None:
             cache = cache.write(k, v, positions[:, 0])
             k, v = cache.read()
         out = attend(q, k, v, positions)
-        out = RMSNorm(heads * hd, cfg.rms_norm_eps, dtype, name="attn_sub_norm")(out)
-        return linear(self.form, cfg.hidden_size, dtype, "o_proj")(out), cache
+        if cfg.sub_norms:
+            out = RMSNorm(heads * hd, cfg.rms_norm_eps, dtype, name="attn_sub_norm")(out)
+        return proj("o_proj", cfg.hidden_size)(out), cache
 
 
 class MLP(nn.Module):
-    """The gated feed-forward block: ``down(ffn_sub_norm(relu(gate(x))^2 * up(x)))``."""
+    """The gated feed-forward block: ``down(ffn_sub_norm(act(gate(x)) * up(x)))`` (sub-norm when the config has one)."""
 
     config: ModelConfig
     form: Form
+    floats: frozenset[str] = frozenset()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        gate = jnp.square(jax.nn.relu(linear(self.form, cfg.intermediate_size, dtype, "gate_proj")(x)))
-        hidden = gate * linear(self.form, cfg.intermediate_size, dtype, "up_proj")(x)
-        hidden = RMSNorm(cfg.intermediate_size, cfg.rms_norm_eps, dtype, name="ffn_sub_norm")(hidden)
-        return linear(self.form, cfg.hidden_size, dtype, "down_proj")(hidden)
+
+        def proj(name: str, features: int) -> nn.Module:
+            return linear(self.form, cfg, features, dtype, f"mlp.{name}", self.floats)
+
+        gate = ACTIVATIONS[cfg.hidden_act](proj("gate_proj", cfg.intermediate_size)(x))
+        hidden = gate * proj("up_proj", cfg.intermediate_size)(x)
+        if cfg.sub_norms:
+            hidden = RMSNorm(cfg.intermediate_size, cfg.rms_norm_eps, dtype, name="ffn_sub_norm")(hidden)
+        return proj("down_proj", cfg.hidden_size)(hidden)
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm transformer layer."""
+    """One pre-norm transformer layer; ``floats`` are its linears that stay float (modules_to_not_convert)."""
 
     config: ModelConfig
     form: Form
+    floats: frozenset[str] = frozenset()
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, cache: LayerCache | None = None):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         n = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="input_layernorm")(x)
-        attn_out, cache = Attention(cfg, self.form, name="self_attn")(n, positions, cache)
+        attn_out, cache = Attention(cfg, self.form, self.floats, name="self_attn")(n, positions, cache)
         h = x + attn_out
         m = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(h)
-        return h + MLP(cfg, self.form, name="mlp")(m), cache
+        return h + MLP(cfg, self.form, self.floats, name="mlp")(m), cache
 
 
 class Transformer(nn.Module):
-    """The BitNet b1.58 causal LM.
+    """The BitNet b1.58 causal LM (any family).
 
     ``__call__(tokens [B, T], positions [B, T] | None, cache | None, logit_index [B] | None)`` returns
     ``(float32 logits, cache)``: logits ``[B, T, vocab]``, or ``[B, 1, vocab]`` at ``logit_index`` only.
@@ -134,7 +157,11 @@ class Transformer(nn.Module):
         embedding, embed_scales = self._table("embed_tokens")
         x = form.shard_batch(head_lib.embed(embedding, tokens, embed_scales).astype(dtype))
         if form.scan_layers:
-            layer = DecoderLayer(cfg, form, parent=None)
+            floats = {cfg.float_linears(i) for i in range(cfg.num_hidden_layers)}
+            if len(floats) > 1:
+                raise ConfigError("scan_layers needs every layer to have the same float linears; "
+                                  "modules_to_not_convert differs between layers (load without scan_layers)")
+            layer = DecoderLayer(cfg, form, floats.pop(), parent=None)
             stacked = self.variable(
                 "params", scan.LAYERS,
                 lambda: scan.init_stacked(lambda k: layer.init(k, x, positions)["params"], self.make_rng("params"),
@@ -149,7 +176,7 @@ class Transformer(nn.Module):
             new_cache = None if cache is None else []
             for i in range(cfg.num_hidden_layers):
                 view = None if cache is None else LayerCache(cache[i]["k"], cache[i]["v"])
-                x, view = DecoderLayer(cfg, form, name=f"layers_{i}")(x, positions, view)
+                x, view = DecoderLayer(cfg, form, cfg.float_linears(i), name=f"layers_{i}")(x, positions, view)
                 if cache is not None:
                     new_cache.append({"k": view.k, "v": view.v})
         x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="norm")(x)

@@ -54,8 +54,13 @@ def test_hf_config_round_trip_and_errors():
     c = ModelConfig.preset("tiny-untied")
     hf = config_to_hf(c)
     assert config_from_hf(hf).replace(head_dim=None) == c
-    with pytest.raises(ConfigError, match="model_type 'llama'"):
+    with pytest.raises(ConfigError, match="Llama checkpoint without a bitnet quantization_config"):
         config_from_hf({**hf, "model_type": "llama"})
+    with pytest.raises(ConfigError, match="model_type 'gpt2'"):
+        config_from_hf({**hf, "model_type": "gpt2"})
+    llama = ModelConfig.preset("llama3-8b-1.58")
+    back = config_from_hf({**config_to_hf(llama), "quantization_config": {"quant_method": "bitnet"}})
+    assert back.replace(head_dim=None, dtype=llama.dtype) == llama
     with pytest.raises(ConfigError, match="rope type 'yarn'"):
         config_from_hf({**hf, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}})
     with pytest.raises(ConfigError, match=r"config.json: hidden_size: must be a positive integer, got -8"):

@@ -69,8 +69,8 @@ def test_scale_in_blocks_and_scale_tensor_multiply(spec, tmp_path):
 
 
 def test_unknown_architecture_is_named(spec, tmp_path):
-    path = write_reference_gguf(spec, tmp_path / "m.gguf", "f32", arch="llama")
-    with pytest.raises(CheckpointError, match="'llama'"):
+    path = write_reference_gguf(spec, tmp_path / "m.gguf", "f32", arch="gpt2")
+    with pytest.raises(CheckpointError, match="'gpt2'"):
         read_checkpoint(path)
 
 

@@ -130,8 +130,8 @@ def test_latent_checkpoint_missing_tensor(saved, tmp_path):
 @pytest.mark.parametrize(
     "changes, fragments",
     [
-        ({"model_type": "llama"}, ["model_type", "llama"]),
-        ({"hidden_act": "silu"}, ["hidden_act", "silu"]),
+        ({"model_type": "gpt2"}, ["model_type", "gpt2"]),
+        ({"hidden_act": "gelu"}, ["hidden_act", "gelu"]),
         ({"quantization_config": {"quant_method": "bitnet", "linear_class": "fancy"}}, ["linear_class", "fancy"]),
         ({"quantization_config": {"quant_method": "awq"}}, ["quant_method", "awq"]),
         ({"num_key_value_heads": 3}, ["num_key_value_heads"]),

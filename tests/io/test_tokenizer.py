@@ -85,7 +85,7 @@ def test_bad_tokenizer_metadata_is_named(tmp_path):
 
     path = tmp_path / "v.gguf"
     w = gguf.GGUFWriter(path, "bitnet")
-    w.add_tokenizer_model("llama")
+    w.add_tokenizer_model("bert")
     w.add_token_list(["a"])
     w.write_header_to_file(), w.write_kv_data_to_file(), w.close()
     with pytest.raises(CheckpointError, match="tokenizer.ggml.model"):
