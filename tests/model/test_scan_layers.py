@@ -12,7 +12,9 @@ from conftest import packed_form
 from bitnet_jax import BitNetModel, ConfigError, ModelConfig, forward, from_pretrained, generate, save_pretrained
 from bitnet_jax.model import Form, Transformer, init_cache, stack_layers, unstack_layers
 
-BACKENDS = ["xla"] + (["cpu"] if __import__("pallas_kernels").cpu.AVAILABLE else [])
+from pallas_kernels import cpu  # noqa: E402
+
+BACKENDS = ["xla"] + (["cpu"] if cpu.AVAILABLE else [])
 
 
 def _models(backend: str, preset: str = "tiny") -> tuple[BitNetModel, BitNetModel]:
