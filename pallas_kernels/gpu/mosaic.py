@@ -84,7 +84,25 @@ def config_for(m: int, r: int, k: int) -> Config:
 def _interpret_params():
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams  # private in jax 0.10
 
-    return InterpretGPUParams()
+    # rows past R in the last packed-row block: TMA fills zeros on hardware, the interpreter its
+    # poison; either way only output rows that are cut off again depend on them
+    return InterpretGPUParams(out_of_bounds_reads="uninitialized")
+
+
+def k_step(s, t, per_split: int):
+    """Global K step of pipeline step ``t`` in K split ``s``."""
+    return s * per_split + t
+
+
+def w_block(j, s, t, per_split: int):
+    """Block index of the packed tile ``[bn, bk]`` that CTA ``(j, s)`` reads at step ``t``."""
+    return j, k_step(s, t, per_split)
+
+
+def x_block(i, s, t, per_split: int, interpret: bool):
+    """Block index of the ``x`` tile at step ``t``: ``[bm, bk]`` of ``x`` on hardware, ``[bk, bm]`` of
+    ``x^T`` when interpreting (the same elements, transposed)."""
+    return (k_step(s, t, per_split), i) if interpret else (i, k_step(s, t, per_split))
 
 
 def _load_tile(w_smem, interpret: bool):
@@ -94,13 +112,13 @@ def _load_tile(w_smem, interpret: bool):
     return plgpu.load(w_smem, (), layout=plgpu.Layout.WGMMA_8BIT)
 
 
-def _x_spec(cfg: Config, steps_per_split: int, interpret: bool, transforms, delay: int):
-    """BlockSpec of the ``x`` operand for pipeline step ``t`` of split ``s`` and x tile ``i``."""
-    bm, bk = cfg.bm, cfg.bk
-    if interpret:  # x^T [Kp, Mp] from GMEM: an untransformed tile [bk, bm]
-        return lambda s, i: plgpu.BlockSpec((bk, bm), lambda t: (s * steps_per_split + t, i), delay_release=delay)
+def _x_spec(cfg: Config, per_split: int, interpret: bool, transforms, delay: int):
+    """BlockSpec of the ``x`` operand of split ``s`` and x tile ``i`` (plain ``[bk, bm]`` tiles of
+    ``x^T`` when interpreting)."""
+    shape = (cfg.bk, cfg.bm) if interpret else (cfg.bm, cfg.bk)
+    transforms = () if interpret else transforms
     return lambda s, i: plgpu.BlockSpec(
-        (bm, bk), lambda t: (i, s * steps_per_split + t), transforms=transforms, delay_release=delay
+        shape, lambda t: x_block(i, s, t, per_split, interpret), transforms=transforms, delay_release=delay
     )
 
 
@@ -140,7 +158,7 @@ def build_call(mp: int, rp: int, kp: int, cfg: Config, *, interpret: bool = Fals
                     plgpu.wgmma(accs[q], c_scr.at[slot, q], xt)
                 plgpu.wgmma_wait(WGMMA_GROUPS_PER_STEP if slots > 1 else 0)
 
-            w_spec = plgpu.BlockSpec((bn, bk), lambda t: (j, s * per_split + t), transforms=tr, delay_release=delay)
+            w_spec = plgpu.BlockSpec((bn, bk), lambda t: w_block(j, s, t, per_split), transforms=tr, delay_release=delay)
             plgpu.emit_pipeline(step, grid=(per_split,), in_specs=[w_spec, x_spec(s, i)],
                                 max_concurrent_steps=depth)(w_gmem, x_gmem)
             plgpu.wgmma_wait(0)
@@ -163,7 +181,8 @@ def build_call(mp: int, rp: int, kp: int, cfg: Config, *, interpret: bool = Fals
 
 
 def padded_dims(m: int, r: int, k: int, cfg: Config) -> tuple[int, int, int]:
-    """``(Mp, Rp, Kp)`` the operands are padded to for ``cfg``."""
+    """``(Mp, Rp, Kp)`` of the grid and output for ``cfg``. The packed weights are padded along K only
+    (to ``Kp``); a last row block past ``R`` is read out of bounds (zero-filled by TMA), not copied."""
     return round_up(m, cfg.bm), round_up(r, cfg.bn), round_up(k, cfg.bk)
 
 
@@ -172,7 +191,7 @@ def _matmul(x: jax.Array, packed: jax.Array, cfg: Config | None, interpret: bool
     (m, k), r = x.shape, packed.shape[0]
     cfg = cfg or config_for(m, r, k)
     mp, rp, kp = padded_dims(m, r, k, cfg)
-    xp, wp = pad_operands(x, packed, mp, rp, kp)
+    xp, wp = pad_operands(x, packed, mp, r, kp)
     out = build_call(mp, rp, kp, cfg, interpret=interpret)(wp, xp.T if interpret else xp)
     return finish(out, x, r, transposed=True)
 

@@ -59,18 +59,23 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def _row_block(r: int, largest: int, smallest: int) -> int:
+    """The largest power of two in ``[smallest, largest]`` dividing ``r`` (no weight padding), else ``largest``."""
+    return next((b for b in (largest >> i for i in range(largest.bit_length())) if b >= smallest and r % b == 0), largest)
+
+
 def gemv_config(m: int, r: int, k: int, cores: int | None = None) -> Config:
     """dp4a GEMV tiles for ``m <= GEMV_MAX_M``: accumulators ``m * 4 * bn * bk/4`` within the register
     budget, and enough split-K programs for two per SM."""
     bm = _pow2_at_least(m)
     bk, num_warps = 256, 4
-    bn = max(4, REG_BUDGET * 32 * num_warps // (bm * 4 * (bk // 4)))  # 32 at M = 1
+    bn = _row_block(r, max(4, REG_BUDGET * 32 * num_warps // (bm * 4 * (bk // 4))), 1)  # 32 at M = 1
     return _split(Config(bm=bm, bn=bn, bk=bk, gemv=True, num_warps=num_warps, num_stages=4), r, k, cores)
 
 
 def decode_config(m: int, r: int, k: int, cores: int | None = None) -> Config:
     """int8-dot decode tiles for ``GEMV_MAX_M < m <= DECODE_MAX_M`` (16-row ``x``), split K."""
-    return _split(Config(bm=16, bn=64, bk=128, num_stages=4), r, k, cores)
+    return _split(Config(bm=16, bn=_row_block(r, 64, 16), bk=128, num_stages=4), r, k, cores)
 
 
 def _split(cfg: Config, r: int, k: int, cores: int | None) -> Config:
@@ -81,9 +86,9 @@ def _split(cfg: Config, r: int, k: int, cores: int | None) -> Config:
     return dataclasses.replace(cfg, splits=divisor_at_most(nk, min(wanted, by_traffic)))
 
 
-def prefill_config(m: int) -> Config:
+def prefill_config(m: int, r: int) -> Config:
     """int8-dot prefill tiles: 32 or 64 ``x`` rows, no K split."""
-    return Config(bm=32 if m <= 32 else 64, bn=64, bk=128)
+    return Config(bm=32 if m <= 32 else 64, bn=_row_block(r, 64, 16), bk=128)
 
 
 def small_m_config(m: int, r: int, k: int) -> Config:
@@ -93,7 +98,7 @@ def small_m_config(m: int, r: int, k: int) -> Config:
 
 def config_for(m: int, r: int, k: int) -> Config:
     """GEMV for ``m <= GEMV_MAX_M``, decode for ``m <= DECODE_MAX_M``, else prefill."""
-    return small_m_config(m, r, k) if m <= DECODE_MAX_M else prefill_config(m)
+    return small_m_config(m, r, k) if m <= DECODE_MAX_M else prefill_config(m, r)
 
 
 def dp4a_reference(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
@@ -236,7 +241,7 @@ def decode(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Arra
 @functools.partial(jax.jit, static_argnames=("interpret",))
 def prefill(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
     """:func:`ternary_matmul` with the prefill tiles."""
-    return _matmul(x, packed, prefill_config(x.shape[0]), interpret)
+    return _matmul(x, packed, prefill_config(x.shape[0], packed.shape[0]), interpret)
 
 
 def illegal_variant(name: str):
