@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
 import warnings
 from typing import Any, Callable
@@ -175,7 +176,7 @@ def compile_error(fn: Callable[..., Any], *operands: jax.ShapeDtypeStruct) -> st
 @functools.lru_cache(maxsize=None)
 def warn_fallback(what: str, shapes: tuple, error: str, instead: str) -> None:
     """Warn (once per distinct case) that ``what`` does not compile for ``shapes`` and ``instead`` runs."""
-    shown = " x ".join(str(list(s)) for s in shapes)
+    shown = " x ".join(str(list(s)) for s in shapes) or "any shape"
     warnings.warn(
         f"{what} does not compile for {shown} on {jax.default_backend()}; using {instead} there ({error})",
         KernelFallbackWarning,
@@ -201,12 +202,11 @@ def guarded(name: str, fn: MatmulFn) -> MatmulFn:
 def _pallas_kernel(name: str, interpret: bool, guard: bool) -> Kernel:
     from pallas_kernels import attention
 
-    if name == "tpu":
-        from pallas_kernels import tpu as module
-    elif name == "mosaic_gpu":
-        from pallas_kernels.gpu import mosaic as module
-    else:
-        from pallas_kernels.gpu import triton as module
+    paths = {"tpu": "pallas_kernels.tpu", "mosaic_gpu": "pallas_kernels.gpu.mosaic", "triton": "pallas_kernels.gpu.triton"}
+    try:
+        module = importlib.import_module(paths[name])
+    except ImportError as e:  # this jax lacks (or renamed) a Pallas API the module needs
+        raise KernelError(f"kernel {name!r} is not available with jax {jax.__version__} ({e})") from None
     prefill = functools.partial(module.prefill, interpret=interpret)
     decode = functools.partial(module.decode, interpret=interpret)
     if guard and not interpret:
@@ -238,4 +238,11 @@ def select_kernel(name: str | None = None, *, platform: str | None = None) -> Ke
     if chosen is not None and chosen not in BACKENDS:
         source = "the kernel argument" if name else f"${ENV_VAR}"
         raise KernelError(f"unknown ternary-matmul kernel {chosen!r} (from {source}); known: {', '.join(BACKENDS)}")
-    return get_kernel(chosen or default_backend(platform))
+    if chosen is not None:
+        return get_kernel(chosen)
+    default = default_backend(platform)
+    try:
+        return get_kernel(default)
+    except KernelError as e:  # the platform's default cannot even be imported: run, but say so
+        warn_fallback(f"kernel {default!r}", (), str(e), "the xla kernel")
+        return get_kernel("xla")

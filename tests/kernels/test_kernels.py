@@ -335,3 +335,23 @@ def test_model_logits_identical_through_every_backend():
     assert np.isfinite(logits["xla"]).all() and np.abs(logits["xla"]).max() > 0
     for backend, value in logits.items():
         np.testing.assert_array_equal(value, logits["xla"], err_msg=backend)
+
+
+def test_default_backend_that_cannot_import_falls_back(monkeypatch):
+    """A platform default whose Pallas module does not import with this jax: select_kernel warns and
+    returns xla; asking for it by name is a one-line KernelError."""
+    import sys
+
+    from pallas_kernels import kernel as kernel_lib
+
+    monkeypatch.setitem(sys.modules, "pallas_kernels.gpu.mosaic", None)  # makes the import fail
+    monkeypatch.setattr(kernel_lib, "_cuda_capability", lambda: (9, 0))
+    monkeypatch.delenv(pallas_kernels.ENV_VAR, raising=False)
+    kernel_lib._make_kernel.cache_clear()
+    try:
+        with pytest.warns(KernelFallbackWarning, match="'mosaic_gpu'"):
+            assert pallas_kernels.select_kernel(platform="cuda").name == "xla"
+        with pytest.raises(KernelError, match="not available with jax"):
+            pallas_kernels.get_kernel("mosaic_gpu", interpret=False)
+    finally:
+        kernel_lib._make_kernel.cache_clear()
