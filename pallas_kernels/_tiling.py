@@ -13,7 +13,8 @@ kernels write ``[S, 4, ., .]`` int32 partials that :func:`finish` adds (XLA fuse
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +94,30 @@ def check_operands(x: jax.Array, packed: jax.Array) -> None:
         raise KernelError(
             f"packed weights must be uint8 [N/4, K={x.shape[1]}] (rows4), got {packed.dtype} {tuple(packed.shape)}"
         )
+
+
+Matmul = Callable[[jax.Array, jax.Array, Any, bool], jax.Array]  # (x, packed, cfg, interpret) -> int32
+
+
+def entry_points(matmul: Matmul, decode_config: Callable[[int, int, int], Any],
+                 prefill_config: Callable[[int, int, int], Any]):
+    """A backend's jitted ``(ternary_matmul, decode, prefill)`` from its ``matmul(x, packed, cfg, interpret)``
+    and its tile choices ``(m, r, k) -> cfg``.
+
+    * ``ternary_matmul(x, packed, interpret=False, cfg=None)``: exact int32 ``x @ w.T`` of int8 ``x [M, K]``
+      and ``rows4``-packed ``w``; ``cfg`` defaults to the decode tiles for ``M <= DECODE_MAX_M``, else prefill;
+    * ``decode`` / ``prefill``: the same with the decode / prefill tiles (the kernel object picks by ``M``).
+    """
+
+    @functools.partial(jax.jit, static_argnames=("interpret", "cfg"))
+    def ternary_matmul(x: jax.Array, packed: jax.Array, interpret: bool = False, cfg: Any = None) -> jax.Array:
+        return matmul(x, packed, cfg, interpret)
+
+    def with_tiles(choose):
+        @functools.partial(jax.jit, static_argnames=("interpret",))
+        def call(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
+            return matmul(x, packed, choose(x.shape[0], packed.shape[0], x.shape[1]), interpret)
+
+        return call
+
+    return ternary_matmul, with_tiles(decode_config), with_tiles(prefill_config)

@@ -24,14 +24,13 @@ divide the 2B4T shapes exactly, so the weights are never padded (copied) there.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels._tiling import check_operands, finish, pad_operands, pick_block, round_up
+from pallas_kernels._tiling import check_operands, entry_points, finish, pad_operands, pick_block, round_up
 
 BM_MAX = 256
 DECODE_MAX_M = 16
@@ -140,20 +139,5 @@ def _matmul(x: jax.Array, packed: jax.Array, cfg: Config | None, interpret: bool
     return finish(out, x, r)
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "cfg"))
-def ternary_matmul(x: jax.Array, packed: jax.Array, interpret: bool = False, cfg: Config | None = None) -> jax.Array:
-    """Exact int32 ``x @ w.T`` from int8 ``x [M, K]`` and ``rows4``-packed ``w`` on the TPU MXU;
-    ``cfg`` defaults to the decode or prefill blocks by ``M``."""
-    return _matmul(x, packed, cfg, interpret)
-
-
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def decode(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
-    """:func:`ternary_matmul` with the decode blocks (meant for ``M <= DECODE_MAX_M``)."""
-    return _matmul(x, packed, decode_config(x.shape[0], packed.shape[0], x.shape[1]), interpret)
-
-
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def prefill(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
-    """:func:`ternary_matmul` with the prefill blocks."""
-    return _matmul(x, packed, prefill_config(x.shape[0], packed.shape[0], x.shape[1]), interpret)
+# ternary_matmul(x, packed, interpret=False, cfg=None), decode(...), prefill(...): exact int32 x @ w.T
+ternary_matmul, decode, prefill = entry_points(_matmul, decode_config, prefill_config)

@@ -24,14 +24,14 @@ Interpret mode (CPU) runs the same kernel -- grid, split-K, pipeline, SMEM tilin
 -- through the Mosaic GPU interpreter except for two things it does not model, isolated in
 :func:`_load_tile` and :func:`_x_operand`: the packed tile is read with a plain load instead of the
 ``WGMMA_8BIT`` register layout, and ``x`` arrives pre-transposed ``[K, M]`` (a plain SMEM tile)
-instead of through a transposed view of a tiled, swizzled tile (int8 wgmma needs a K-major RHS). Their index math is checked against the
-hardware variant by a NumPy model in the tests. Unwritten output is INT32_MAX there (the poison).
+instead of through a transposed view of a tiled, swizzled tile (int8 wgmma needs a K-major RHS).
+The hardware variant's block-index math (:func:`w_block`, :func:`x_block`) and SMEM swizzle are
+checked by NumPy models in the tests. Unwritten output is INT32_MAX there (the poison).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels._tiling import check_operands, divisor_at_most, finish, num_cores, pad_operands, round_up
+from pallas_kernels._tiling import (
+    check_operands, divisor_at_most, entry_points, finish, num_cores, pad_operands, round_up,
+)
 
 DECODE_MAX_M = 16
 WGMMA_GROUPS_PER_STEP = 4  # one wgmma (one commit group) per code plane
@@ -196,23 +198,8 @@ def _matmul(x: jax.Array, packed: jax.Array, cfg: Config | None, interpret: bool
     return finish(out, x, r, transposed=True)
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "cfg"))
-def ternary_matmul(x: jax.Array, packed: jax.Array, interpret: bool = False, cfg: Config | None = None) -> jax.Array:
-    """Exact int32 ``x @ w.T`` from int8 ``x [M, K]`` and ``rows4``-packed ``w`` (Hopper wgmma);
-    ``cfg`` defaults to the decode or prefill tiles by ``M``."""
-    return _matmul(x, packed, cfg, interpret)
-
-
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def decode(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
-    """:func:`ternary_matmul` with the split-K decode tiles (meant for ``M <= DECODE_MAX_M``)."""
-    return _matmul(x, packed, decode_config(x.shape[0], packed.shape[0], x.shape[1]), interpret)
-
-
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def prefill(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
-    """:func:`ternary_matmul` with the prefill tiles."""
-    return _matmul(x, packed, prefill_config(x.shape[0]), interpret)
+# ternary_matmul(x, packed, interpret=False, cfg=None), decode(...), prefill(...): exact int32 x @ w.T
+ternary_matmul, decode, prefill = entry_points(_matmul, decode_config, lambda m, r, k: prefill_config(m))
 
 
 def illegal_variant(name: str):

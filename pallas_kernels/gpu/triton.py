@@ -25,14 +25,15 @@ deprecated from jax 0.11; the Mosaic GPU module is the Hopper path.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels._tiling import check_operands, divisor_at_most, finish, num_cores, pad_operands, round_up
+from pallas_kernels._tiling import (
+    check_operands, divisor_at_most, entry_points, finish, num_cores, pad_operands, round_up,
+)
 
 POISON = jnp.iinfo(jnp.int32).max
 GEMV_MAX_M = 4
@@ -225,23 +226,8 @@ def _matmul(x, packed, cfg: Config | None, interpret: bool):
     return finish(out, x, r)
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "cfg"))
-def ternary_matmul(x: jax.Array, packed: jax.Array, interpret: bool = False, cfg: Config | None = None) -> jax.Array:
-    """Exact int32 ``x @ w.T`` from int8 ``x [M, K]`` and ``rows4``-packed ``w`` (Triton); ``cfg``
-    defaults to the GEMV, decode or prefill tiles by ``M``."""
-    return _matmul(x, packed, cfg, interpret)
-
-
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def decode(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
-    """:func:`ternary_matmul` with the split-K GEMV / decode tiles (meant for ``M <= DECODE_MAX_M``)."""
-    return _matmul(x, packed, small_m_config(x.shape[0], packed.shape[0], x.shape[1]), interpret)
-
-
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def prefill(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
-    """:func:`ternary_matmul` with the prefill tiles."""
-    return _matmul(x, packed, prefill_config(x.shape[0], packed.shape[0]), interpret)
+# ternary_matmul(x, packed, interpret=False, cfg=None), decode(...), prefill(...): exact int32 x @ w.T
+ternary_matmul, decode, prefill = entry_points(_matmul, small_m_config, lambda m, r, k: prefill_config(m, r))
 
 
 def illegal_variant(name: str):
