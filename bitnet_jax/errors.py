@@ -43,6 +43,10 @@ class KernelError(BitNetError, ValueError):
     """A ternary-matmul kernel cannot run what it was given (unknown backend, wrong layout or operands)."""
 
 
+class KernelFallbackWarning(BitNetError, RuntimeWarning):
+    """A Pallas kernel did not compile for a shape on this device; the ``xla`` kernel runs there instead."""
+
+
 class GenerationError(BitNetError, ValueError):
     """Invalid prompts or generation arguments."""
 
@@ -63,6 +67,7 @@ __all__ = [
     "DistributedError",
     "GenerationError",
     "KernelError",
+    "KernelFallbackWarning",
     "SamplingError",
     "TokenizerError",
 ]

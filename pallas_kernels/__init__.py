@@ -11,7 +11,10 @@
 
 Backends, one module each: :mod:`~pallas_kernels.xla` (plain XLA, every platform), :mod:`~pallas_kernels.tpu`
 (Mosaic TPU), :mod:`~pallas_kernels.gpu.mosaic` (Mosaic GPU, Hopper ``wgmma``), :mod:`~pallas_kernels.gpu.triton`
-(older CUDA GPUs), :mod:`~pallas_kernels.cpu` (C++ through XLA FFI). Pallas kernels run interpreted on a CPU host.
+(every CUDA GPU; the default off Hopper), :mod:`~pallas_kernels.cpu` (C++ through XLA FFI). Each Pallas backend
+has split-K decode tiles (M <= 16) and prefill tiles; Pallas kernels run interpreted on a CPU host.
+:mod:`~pallas_kernels.attention` holds the fused prompt attention a GPU/TPU kernel brings, and
+:mod:`~pallas_kernels.timing` the device-side timers of the benchmark scripts (docs/accelerators.md).
 """
 
 from __future__ import annotations

@@ -3,12 +3,18 @@
 A kernel tile covers ``bn`` packed rows, i.e. the four output strips ``n, R + n, 2R + n, 3R + n``, so
 every kernel writes a ``[4, ., R]``-shaped result that :func:`assemble` turns into ``[M, N]``.
 Dimensions that no allowed block divides are padded: ``x`` with zero rows/columns and the packed
-weights with :data:`ZERO_BYTE` (four ternary zeros), so padding never changes the product.
+weights with :data:`ZERO_BYTE` (four ternary zeros), so padding never changes the product. (Padding
+the weights copies them, so the block choices divide the 2B4T shapes exactly: no copy there.)
+
+Kernels multiply by the 2-bit *codes* ``c = w + 1`` (0, 1, 2) rather than by ``w`` -- one op fewer
+per weight in the unpack -- and :func:`finish` subtracts ``sum_k x[m, k]`` once per output; split-K
+kernels write ``[S, 4, ., .]`` int32 partials that :func:`finish` adds (XLA fuses both into one pass).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +52,33 @@ def pad_operands(x: jax.Array, packed: jax.Array, mp: int, rp: int, kp: int) -> 
     return x, packed
 
 
+def divisor_at_most(n: int, cap: int) -> int:
+    """The largest divisor of ``n`` that is at most ``cap`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(n, cap)) + 1) if n % d == 0)
+
+
+DEFAULT_CORES = 132  # an H100/H200 SXM: used when the device does not report its SM count (CPU hosts)
+
+
+def num_cores() -> int:
+    """Streaming multiprocessors (GPU) of the default device, else :data:`DEFAULT_CORES`."""
+    try:
+        count = getattr(jax.devices()[0], "core_count", None)
+    except RuntimeError:
+        count = None
+    return int(count) if isinstance(count, int) and count > 0 and jax.default_backend() == "gpu" else DEFAULT_CORES
+
+
+def finish(out: jax.Array, x: jax.Array, r: int, *, transposed: bool = False) -> jax.Array:
+    """``x @ w.T`` as int32 ``[M, 4R]`` from a kernel's ``codes`` products ``[(S,) 4, Mp, Rp]`` (or
+    ``[.., Rp, Mp]`` when ``transposed``): the ``S`` split-K partials added, ``sum_k x`` subtracted."""
+    if out.ndim == 4:
+        out = out.sum(axis=0, dtype=jnp.int32)
+    m = x.shape[0]
+    acc = assemble(out, m, r, transposed=transposed)
+    return acc - x.astype(jnp.int32).sum(axis=1, keepdims=True)
+
+
 def assemble(out: jax.Array, m: int, r: int, *, transposed: bool = False) -> jax.Array:
     """``[M, 4R]`` from a kernel result ``[4, Mp, Rp]`` (or ``[4, Rp, Mp]`` when ``transposed``)."""
     if transposed:
@@ -61,3 +94,30 @@ def check_operands(x: jax.Array, packed: jax.Array) -> None:
         raise KernelError(
             f"packed weights must be uint8 [N/4, K={x.shape[1]}] (rows4), got {packed.dtype} {tuple(packed.shape)}"
         )
+
+
+Matmul = Callable[[jax.Array, jax.Array, Any, bool], jax.Array]  # (x, packed, cfg, interpret) -> int32
+
+
+def entry_points(matmul: Matmul, decode_config: Callable[[int, int, int], Any],
+                 prefill_config: Callable[[int, int, int], Any]):
+    """A backend's jitted ``(ternary_matmul, decode, prefill)`` from its ``matmul(x, packed, cfg, interpret)``
+    and its tile choices ``(m, r, k) -> cfg``.
+
+    * ``ternary_matmul(x, packed, interpret=False, cfg=None)``: exact int32 ``x @ w.T`` of int8 ``x [M, K]``
+      and ``rows4``-packed ``w``; ``cfg`` defaults to the decode tiles for ``M <= DECODE_MAX_M``, else prefill;
+    * ``decode`` / ``prefill``: the same with the decode / prefill tiles (the kernel object picks by ``M``).
+    """
+
+    @functools.partial(jax.jit, static_argnames=("interpret", "cfg"))
+    def ternary_matmul(x: jax.Array, packed: jax.Array, interpret: bool = False, cfg: Any = None) -> jax.Array:
+        return matmul(x, packed, cfg, interpret)
+
+    def with_tiles(choose):
+        @functools.partial(jax.jit, static_argnames=("interpret",))
+        def call(x: jax.Array, packed: jax.Array, interpret: bool = False) -> jax.Array:
+            return matmul(x, packed, choose(x.shape[0], packed.shape[0], x.shape[1]), interpret)
+
+        return call
+
+    return ternary_matmul, with_tiles(decode_config), with_tiles(prefill_config)

@@ -2,10 +2,14 @@
 
 A :class:`Kernel` bundles everything that depends on the backend: its name, the packed layout its
 weights must be in, ``pack`` / ``unpack``, the exact int8 x ternary ``matmul`` (which reads one layer of
-a stacked weight in place where the backend can), and the output-head projections (float and int8).
-:func:`select_kernel` picks it once -- from the argument, else ``$BITNET_JAX_KERNEL``, else the
-platform -- and the model's packed linear layers receive it. Shape-dependent choices (decode vs prefill
-tiles) are made inside each backend's ``matmul`` from ``M``.
+a stacked weight in place where the backend can), the output-head projections (float and int8), and
+the attention it prefers for long prompts. :func:`select_kernel` picks it once -- from the argument,
+else ``$BITNET_JAX_KERNEL``, else the platform -- and the model's packed linear layers receive it.
+
+Shape-dependent choices are the kernel's: ``matmul`` takes ``decode_fn`` (split-K GEMV tiles) for
+``M <= decode_max_m`` rows and ``matmul_fn`` (prefill tiles) above. A Pallas kernel that does not
+compile for a shape (an unsupported GPU, a Mosaic limit) is replaced for that shape by the ``xla``
+kernel with a one-line :class:`~bitnet_jax.errors.KernelFallbackWarning` (:func:`guarded`).
 
 The mesh-aware version (column split + ``psum``, packed FSDP gathers) wraps a kernel in
 :mod:`bitnet_jax.parallel`; the model code never sees the difference.
@@ -15,21 +19,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
+import warnings
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from bitnet_jax.errors import KernelError
+from bitnet_jax.errors import KernelError, KernelFallbackWarning
 from pallas_kernels import layouts
 from pallas_kernels.layouts import Layout, PackedWeight
 
 ENV_VAR = "BITNET_JAX_KERNEL"
 BACKENDS: tuple[str, ...] = ("xla", "tpu", "mosaic_gpu", "triton", "cpu")
-HOPPER = (9, 10)  # wgmma exists on compute capability 9.x only
+HOPPER = (9, 10)  # wgmma exists on compute capability 9.x only (not on Blackwell 10.x / 12.x)
 
 MatmulFn = Callable[[jax.Array, jax.Array], jax.Array]
+# (q [B, T, H, D], k, v [B, S, Hkv, D], q_positions [B, T]) -> [B, T, H * D]
+AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def xla_head_float(x: jax.Array, table: jax.Array) -> jax.Array:
@@ -54,6 +62,10 @@ class Kernel:
     head_int8_fn: Callable[[jax.Array, jax.Array], jax.Array] = xla_head_int8
     interpret: bool = False  # Pallas kernels run interpreted on CPU
     transparent: bool = False  # plain XLA ops: XLA's partitioner can split it without shard_map
+    decode_fn: MatmulFn | None = None  # the split-K GEMV tiles, for M <= decode_max_m
+    decode_max_m: int = 0
+    # fused attention (q, k, v, q_positions, default) -> out; None: the model's own (``default``)
+    attention_fn: Callable[..., jax.Array] | None = None
 
     def __repr__(self) -> str:
         return f"Kernel({self.name!r}, layout={self.layout.name!r}{', interpret=True' if self.interpret else ''})"
@@ -84,11 +96,25 @@ class Kernel:
             raise KernelError(f"kernel {self.name!r} expects int8 activations [M, K], got {x.dtype} {tuple(x.shape)}")
         if x.shape[1] != w.shape[1]:
             raise KernelError(f"activations have K={x.shape[1]} but the weight is [{w.shape[0]}, {w.shape[1]}]")
-        if w.layer is None:
-            return self.matmul_fn(x, w.codes)
-        if self.stacked_fn is not None:
-            return self.stacked_fn(x, w.codes, w.layer)
-        return self.matmul_fn(x, jax.lax.dynamic_index_in_dim(w.codes, w.layer, keepdims=False))
+        if w.layer is not None and self.stacked_fn is not None:
+            out = self.stacked_fn(x, w.codes, w.layer)
+        else:
+            codes = w.codes if w.layer is None else jax.lax.dynamic_index_in_dim(w.codes, w.layer, keepdims=False)
+            out = self.matmul_for(x.shape[0])(x, codes)
+        return out if out.shape[1] == w.shape[0] else out[:, : w.shape[0]]  # rows4 pads N to a multiple of 4
+
+    def matmul_for(self, m: int) -> MatmulFn:
+        """The raw ``(x, codes) -> int32`` function used for ``m`` activation rows (decode or prefill)."""
+        if self.decode_fn is not None and m <= self.decode_max_m:
+            return self.decode_fn
+        return self.matmul_fn
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array, default: AttentionFn) -> jax.Array:
+        """Causal attention (slot ``j`` visible to a query at position ``p`` iff ``j <= p``): this kernel's
+        fused attention where it applies (it falls back to ``default`` itself), else ``default``."""
+        if self.attention_fn is None:
+            return default(q, k, v, q_positions)
+        return self.attention_fn(q, k, v, q_positions, default)
 
     def head_float(self, x: jax.Array, table: jax.Array) -> jax.Array:
         """Float32 logits ``x @ table.T`` for float ``x [M, D]`` and a float ``table [V, D]``."""
@@ -124,18 +150,79 @@ def default_backend(platform: str | None = None) -> str:
     return "xla"
 
 
-def get_kernel(name: str, *, interpret: bool | None = None) -> Kernel:
-    """The kernel called ``name`` (one of :data:`BACKENDS`); Pallas kernels run interpreted on a CPU host."""
+def get_kernel(name: str, *, interpret: bool | None = None, guard: bool = True) -> Kernel:
+    """The kernel called ``name`` (one of :data:`BACKENDS`); Pallas kernels run interpreted on a CPU host.
+
+    ``guard=False`` drops the per-shape compile check (and its ``xla`` fallback) of a compiled Pallas
+    kernel: for lowering to another platform than this process's (``lowering_platforms=("cuda",)``),
+    where a local compile would fail and swap the kernel out of the program.
+    """
     if name not in BACKENDS:
         raise KernelError(f"unknown ternary-matmul kernel {name!r}; known: {', '.join(BACKENDS)}")
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
-    return _make_kernel(name, bool(interpret))
+    return _make_kernel(name, bool(interpret), bool(guard))
 
 
 @functools.lru_cache(maxsize=None)
-def _make_kernel(name: str, interpret: bool) -> Kernel:
-    """One Kernel object per (name, interpret), so equal choices hit the same compiled programs."""
+def compile_error(fn: Callable[..., Any], *operands: jax.ShapeDtypeStruct) -> str | None:
+    """Why ``fn`` does not compile for operands shaped like ``operands`` (None when it does); cached,
+    so each shape is compiled once per process."""
+    try:
+        jax.jit(fn).trace(*operands).lower().compile()
+    except Exception as e:  # noqa: BLE001 -- any lowering/compiler error means: do not use it here
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def warn_fallback(what: str, shapes: tuple, error: str, instead: str) -> None:
+    """Warn (once per distinct case) that ``what`` does not compile for ``shapes`` and ``instead`` runs."""
+    shown = " x ".join(str(list(s)) for s in shapes) or "any shape"
+    warnings.warn(
+        f"{what} does not compile for {shown} on {jax.default_backend()}; using {instead} there ({error})",
+        KernelFallbackWarning,
+        stacklevel=4,
+    )
+
+
+def guarded(name: str, fn: MatmulFn) -> MatmulFn:
+    """``fn`` where it compiles for the operands' shapes, else the ``xla`` kernel with a one-line warning."""
+    from pallas_kernels import xla
+
+    def call(x: jax.Array, codes: jax.Array) -> jax.Array:
+        shapes = jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(codes.shape, codes.dtype)
+        error = compile_error(fn, *shapes)
+        if error is None:
+            return fn(x, codes)
+        warn_fallback(f"kernel {name!r}", (x.shape, codes.shape), error, "the xla kernel")
+        return xla.ternary_matmul(x, codes)
+
+    return call
+
+
+def _pallas_kernel(name: str, interpret: bool, guard: bool) -> Kernel:
+    from pallas_kernels import attention
+
+    paths = {"tpu": "pallas_kernels.tpu", "mosaic_gpu": "pallas_kernels.gpu.mosaic", "triton": "pallas_kernels.gpu.triton"}
+    try:
+        module = importlib.import_module(paths[name])
+    except ImportError as e:  # this jax lacks (or renamed) a Pallas API the module needs
+        raise KernelError(f"kernel {name!r} is not available with jax {jax.__version__} ({e})") from None
+    prefill = functools.partial(module.prefill, interpret=interpret)
+    decode = functools.partial(module.decode, interpret=interpret)
+    if guard and not interpret:
+        prefill, decode = guarded(name, prefill), guarded(name, decode)
+    return Kernel(
+        name, layouts.ROWS4, prefill, interpret=interpret, decode_fn=decode, decode_max_m=module.DECODE_MAX_M,
+        attention_fn=None if interpret else attention.for_backend(name),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _make_kernel(name: str, interpret: bool, guard: bool = True) -> Kernel:
+    """One Kernel object per (name, interpret, guard), so equal choices hit the same compiled programs."""
     if name == "xla":
         from pallas_kernels import xla
 
@@ -145,13 +232,7 @@ def _make_kernel(name: str, interpret: bool) -> Kernel:
 
         cpu.require()
         return Kernel("cpu", layouts.TILE16, cpu.ternary_matmul, cpu.ternary_matmul_stacked, cpu.head_float, cpu.head_int8)
-    if name == "tpu":
-        from pallas_kernels import tpu as module
-    elif name == "mosaic_gpu":
-        from pallas_kernels.gpu import mosaic as module
-    else:
-        from pallas_kernels.gpu import triton as module
-    return Kernel(name, layouts.ROWS4, functools.partial(module.ternary_matmul, interpret=interpret), interpret=interpret)
+    return _pallas_kernel(name, interpret, guard)
 
 
 def select_kernel(name: str | None = None, *, platform: str | None = None) -> Kernel:
@@ -160,4 +241,11 @@ def select_kernel(name: str | None = None, *, platform: str | None = None) -> Ke
     if chosen is not None and chosen not in BACKENDS:
         source = "the kernel argument" if name else f"${ENV_VAR}"
         raise KernelError(f"unknown ternary-matmul kernel {chosen!r} (from {source}); known: {', '.join(BACKENDS)}")
-    return get_kernel(chosen or default_backend(platform))
+    if chosen is not None:
+        return get_kernel(chosen)
+    default = default_backend(platform)
+    try:
+        return get_kernel(default)
+    except KernelError as e:  # the platform's default cannot even be imported: run, but say so
+        warn_fallback(f"kernel {default!r}", (), str(e), "the xla kernel")
+        return get_kernel("xla")

@@ -10,6 +10,9 @@ Layout ``rows4`` (the one transformers' packed BitNet checkpoints store; the ``x
 -1, 0, +1) becomes ``uint8 [N // 4, K]``. Each weight is stored as the code ``w + 1`` (0, 1 or 2). With
 ``R = N // 4``, byte ``[r, c]`` holds ``w[r, c]`` in bits 1:0, ``w[R + r, c]`` in bits 3:2,
 ``w[2R + r, c]`` in bits 5:4 and ``w[3R + r, c]`` in bits 7:6. Code 3 never occurs in a valid file.
+(:func:`pack_rows4` itself needs ``N % 4 == 0``, as every checkpoint has; :func:`pack` with layout
+``rows4`` also takes other ``N``, padding with zero rows to ``4 * ceil(N / 4)``; the
+:class:`PackedWeight` keeps the true ``N`` and kernels drop the extra output columns.)
 A packed tile ``[bn, bk]`` (rows ``r0 .. r0 + bn``) holds the weights of four output strips
 ``r0 + n``, ``R + r0 + n``, ``2R + r0 + n``, ``3R + r0 + n``; a kernel unpacks the four 2-bit planes on
 chip and writes a ``[4, M, R]`` (or ``[4, R, M]``) result that reshapes to ``[M, N]``. Kernels pad
@@ -150,13 +153,18 @@ class Layout:
     def __repr__(self) -> str:
         return f"Layout({self.name!r})"
 
-    def check_shape(self, n: int, k: int) -> None:
-        """Raise :class:`KernelError` when ``[N, K]`` cannot be stored in this layout."""
-        if self.name == "rows4" and n % VALUES_PER_BYTE:
-            raise KernelError(f"layout rows4 needs N divisible by {VALUES_PER_BYTE}, got a [{n}, {k}] matrix")
+
+def _pack_rows4_any(w: Any) -> Any:
+    """:func:`pack_rows4` of ``w`` with zero rows appended up to a multiple of 4."""
+    extra = -w.shape[0] % VALUES_PER_BYTE
+    if extra:
+        w = _xp(w).pad(w, ((0, extra), (0, 0)))
+    return pack_rows4(w)
 
 
-ROWS4 = Layout("rows4", pack_rows4, lambda p, k: unpack_rows4(p), lambda n, k: (n // VALUES_PER_BYTE, k), True)
+ROWS4 = Layout(
+    "rows4", _pack_rows4_any, lambda p, k: unpack_rows4(p), lambda n, k: (-(-n // VALUES_PER_BYTE), k), True
+)
 TILE16 = Layout("tile16", pack_tile16, unpack_tile16, lambda n, k: (n, tile16_bytes_per_row(k)), False)
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (ROWS4, TILE16)}
 
@@ -199,7 +207,6 @@ def pack(w: Any, layout: str | Layout = "rows4") -> PackedWeight:
     layout = get_layout(layout) if isinstance(layout, str) else layout
     _check_matrix(w, f"packing for layout {layout.name}")
     n, k = (int(d) for d in w.shape)
-    layout.check_shape(n, k)
     return PackedWeight(layout.pack(w), None, layout.name, (n, k))
 
 
@@ -207,7 +214,7 @@ def unpack(w: PackedWeight) -> Any:
     """The ternary int8 ``[N, K]`` matrix of an (unstacked) packed weight."""
     if w.layer is not None or np.ndim(w.codes) != 2:
         raise KernelError(f"unpack expects one packed matrix, got codes of shape {tuple(np.shape(w.codes))}")
-    return get_layout(w.layout).unpack(w.codes, w.shape[1])
+    return get_layout(w.layout).unpack(w.codes, w.shape[1])[: w.shape[0]]
 
 
 def repack(w: PackedWeight, layout: str | Layout) -> PackedWeight:
@@ -215,13 +222,12 @@ def repack(w: PackedWeight, layout: str | Layout) -> PackedWeight:
     layout = get_layout(layout) if isinstance(layout, str) else layout
     if w.layout == layout.name:
         return w
-    source, k = get_layout(w.layout), w.shape[1]
-    layout.check_shape(*w.shape)
+    source, (n, k) = get_layout(w.layout), w.shape
     if np.ndim(w.codes) == 3:  # a [L, ...] stack of one matrix per layer
         xp = _xp(w.codes)
-        codes = xp.stack([layout.pack(source.unpack(c, k)) for c in w.codes])
+        codes = xp.stack([layout.pack(source.unpack(c, k)[:n]) for c in w.codes])
     else:
-        codes = layout.pack(source.unpack(w.codes, k))
+        codes = layout.pack(source.unpack(w.codes, k)[:n])
     return dataclasses.replace(w, codes=codes, layout=layout.name)
 
 

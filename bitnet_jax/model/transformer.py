@@ -82,7 +82,7 @@ class Attention(nn.Module):
         if cache is not None:
             cache = cache.write(k, v, positions[:, 0])
             k, v = cache.read()
-        out = attend(q, k, v, positions)
+        out = self.form.kernel.attend(q, k, v, positions, attend) if self.form.packed else attend(q, k, v, positions)
         if cfg.sub_norms:
             out = RMSNorm(heads * hd, cfg.rms_norm_eps, dtype, name="attn_sub_norm")(out)
         return proj("o_proj", cfg.hidden_size)(out), cache

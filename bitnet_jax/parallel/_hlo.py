@@ -83,3 +83,56 @@ def moves_weights(c: Collective) -> bool:
 def gathers_packed_weights(c: Collective) -> bool:
     """True for an all-gather of 2-bit codes (uint8) inside a ternary linear."""
     return c.kind == "all-gather" and c.dtypes == {"u8"} and bool(_LINEAR_SCOPE.search(c.op_name))
+
+
+# Pallas kernels in lowered StableHLO: their custom-call targets (Mosaic TPU, Mosaic GPU, Triton).
+PALLAS_TARGETS = ("tpu_custom_call", "mosaic_gpu", "mosaic_gpu_v2", "__gpu$xla.gpu.triton")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_FUNC = re.compile(r"^\s*func\.func\s+(?:public\s+|private\s+)?@([\w$.-]+)\(")
+_CALL = re.compile(r"\bcall @([\w$.-]+)\(")
+_CUSTOM = re.compile(r"custom_call @([\w$.-]+)\(")
+
+
+def _call_sites(mlir_text: str) -> list[tuple[str, str, str, bool]]:
+    """``(function, kind, target, inside_manual)`` for every call and custom call of a StableHLO module;
+    ``inside_manual`` when it sits in the region of an ``sdy.manual_computation`` (a ``shard_map``)."""
+    sites = []
+    func, stack = None, []  # stack: one bool per open brace: does it open a manual region?
+    for raw in mlir_text.splitlines():
+        line = _STRING.sub('""', raw)
+        m = _FUNC.match(line)
+        if m:  # functions do not nest
+            func = m.group(1)
+        inside = any(stack)
+        for kind, pattern in (("call", _CALL), ("custom_call", _CUSTOM)):
+            sites.extend((func, kind, target, inside) for target in pattern.findall(line))
+        manual = "sdy.manual_computation" in line
+        last_open = line.rfind("{")
+        for i, ch in enumerate(line):
+            if ch == "{":
+                stack.append(manual and i == last_open and line.rstrip().endswith("{"))
+            elif ch == "}" and stack:
+                stack.pop()
+    return sites
+
+
+def pallas_calls_outside_shard_map(mlir_text: str) -> list[tuple[str, str]]:
+    """``(function, target)`` of every Pallas kernel call in a lowered module that does not run inside a
+    ``shard_map`` (directly, or in a function reached only from inside one): XLA's partitioner would
+    have to replicate such an opaque call."""
+    sites = _call_sites(mlir_text)
+    outside = {"main"}  # functions that run (at least once) outside every manual region
+    changed = True
+    while changed:
+        changed = False
+        for func, kind, target, inside in sites:
+            if kind == "call" and func in outside and not inside and target not in outside:
+                outside.add(target)
+                changed = True
+    return [(func, target) for func, kind, target, inside in sites
+            if kind == "custom_call" and target in PALLAS_TARGETS and func in outside and not inside]
+
+
+def pallas_call_count(mlir_text: str) -> int:
+    """Number of Pallas kernel custom calls in a lowered module (each outlined function counted once)."""
+    return sum(1 for _, kind, target, _ in _call_sites(mlir_text) if kind == "custom_call" and target in PALLAS_TARGETS)

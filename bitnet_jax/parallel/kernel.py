@@ -59,7 +59,11 @@ class MeshKernel(Kernel):
             return jax.lax.psum(inner.matmul(x_shard, part), "tensor")
 
         specs = (PartitionSpec(rows, "tensor"), codes_spec, PartitionSpec())
-        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(rows, None))(x, w.codes, layer)
+        # check_vma=False: a pallas_call's out_shape carries no varying-manual-axes type, which the
+        # check would demand; the psum makes the result replicated over `tensor` either way
+        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(rows, None), check_vma=False)(
+            x, w.codes, layer
+        )
 
 
 def on_mesh(kernel: Kernel, mesh: Mesh) -> Kernel:
@@ -73,7 +77,10 @@ def on_mesh(kernel: Kernel, mesh: Mesh) -> Kernel:
             "by input columns; use a kernel with layout 'rows4' (e.g. 'xla')"
         )
     fields = {f.name: getattr(kernel, f.name) for f in dataclasses.fields(Kernel)}
-    fields.update(name=f"{kernel.name}@mesh", head_float_fn=xla_head_float, head_int8_fn=xla_head_int8)
+    # the model's (einsum) attention, which XLA's partitioner splits by heads; a fused Pallas attention
+    # would be an opaque custom call that the partitioner replicates
+    fields.update(name=f"{kernel.name}@mesh", head_float_fn=xla_head_float, head_int8_fn=xla_head_int8,
+                  attention_fn=None)
     return MeshKernel(**fields, inner=kernel, mesh=mesh)
 
 
