@@ -26,14 +26,14 @@ def bench_jax(cfg, model_cfg, batches: np.ndarray, warmup: int) -> float:
     import jax
 
     from bitnet_jax.parallel import make_mesh
-    from bitnet_jax.train.step import batch_sharding, make_optimizer, make_train_step, sharded_init
+    from bitnet_jax.train.step import batch_sharding, make_optimizer, make_train_step, sharded_init, windows_batch
 
     mesh = make_mesh(cfg.mesh)
     tx = make_optimizer(cfg)
     state = sharded_init(cfg, model_cfg, tx, mesh)
     step = make_train_step(cfg, model_cfg, tx, mesh)
     shard = batch_sharding(mesh)
-    data = [jax.device_put(b[None], shard) for b in batches]
+    data = [jax.device_put({k: v[None] for k, v in windows_batch(b).items()}, shard) for b in batches]
     for b in data[:warmup]:
         state, m = step(state, b)
     jax.block_until_ready(m)

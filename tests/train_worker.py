@@ -60,7 +60,7 @@ def collectives(mesh: str) -> None:
     from bitnet_jax.parallel.rules import device_bytes, make_mesh
     from bitnet_jax.train.loop import run_model_config
     from bitnet_jax.train.data import prepare_dataset
-    from bitnet_jax.train.step import abstract_state, batch_sharding, make_optimizer, make_train_step, sharded_init
+    from bitnet_jax.train.step import abstract_batch, abstract_state, make_optimizer, make_train_step, sharded_init
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config(tmp, 4, json.loads(mesh))
@@ -68,8 +68,7 @@ def collectives(mesh: str) -> None:
     m = make_mesh(cfg.mesh)
     tx = make_optimizer(cfg)
     state = abstract_state(cfg, model_cfg, tx, m)
-    accum, seq = cfg.training.grad_accum, cfg.data.seq_len
-    batch = jax.ShapeDtypeStruct((accum, BATCH // accum, seq + 1), np.int32, sharding=batch_sharding(m))
+    batch = abstract_batch(cfg, m)
     text = make_train_step(cfg, model_cfg, tx, m).lower(state, batch).compile().as_text()
     out = [{"kind": c.kind, "dtypes": sorted(c.dtypes), "bytes": c.nbytes, "op": c.op_name} for c in parse(text)]
     embed = state["params"]["embed_tokens"]

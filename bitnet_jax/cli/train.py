@@ -1,4 +1,5 @@
-"""``bitnet-jax train CONFIG [--set SECTION.FIELD=VALUE ...] [--export DIR]``: run a training config.
+"""``bitnet-jax train CONFIG [--set SECTION.FIELD=VALUE ...] [--export DIR]``: run a training config
+(from scratch, or a fine-tune with ``init.from``); ``bitnet-jax export-run RUN OUT [--format F]``.
 
 Multi-process (multi-host) runs start every process with the same command plus the
 ``--coordinator/--num-processes/--process-id`` flags (or the ``BITNET_JAX_*`` variables, which
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from bitnet_jax.config.run import EXPORT_FORMATS
 from bitnet_jax.parallel import distributed
 
 
@@ -34,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Export a run's checkpoint as a packed HF directory."""
+    """Export a run's checkpoint in one format (default: a packed HF directory)."""
     from bitnet_jax.train import export_run
 
-    print(f"exported to {export_run(args.run, args.out, args.step)}")
+    print(f"exported to {export_run(args.run, args.out, args.step, args.format)}")
     return 0
 
 
@@ -50,8 +52,11 @@ def add_parser(sub) -> None:
     p.add_argument("--export", metavar="DIR", default=None, help="export the final model as a packed HF directory")
     distributed.add_arguments(p)
     p.set_defaults(func=run)
-    e = sub.add_parser("export-run", help="export a training run's checkpoint as a packed HF directory")
+    e = sub.add_parser("export-run", help="export a training run's checkpoint (HF packed or latent, or GGUF)")
     e.add_argument("run", help="the run directory (checkpoint.dir)")
-    e.add_argument("out", help="output directory")
+    e.add_argument("out", help="output directory (hf, hf-latent) or .gguf file")
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="hf",
+                   help="hf (packed, default), hf-latent (float latents, quantization_mode online), gguf-i2_s, "
+                        "gguf-tq2_0, gguf-tq1_0")
     e.set_defaults(func=run_export)

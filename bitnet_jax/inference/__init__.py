@@ -1,6 +1,6 @@
 """Inference: whole-sequence logits, KV-cached generation, sampling, streaming text, chat and perplexity."""
 
-from bitnet_jax.inference.chat import encode_chat, format_chat, stop_token_ids
+from bitnet_jax.inference.chat import encode_chat, encode_conversation, format_chat, stop_token_ids
 from bitnet_jax.inference.generate import forward, generate, generate_stream
 from bitnet_jax.inference.perplexity import perplexity
 from bitnet_jax.inference.sampling import SamplingParams
@@ -10,6 +10,7 @@ __all__ = [
     "IncrementalDecoder",
     "SamplingParams",
     "encode_chat",
+    "encode_conversation",
     "format_chat",
     "forward",
     "generate",

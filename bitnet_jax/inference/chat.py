@@ -7,6 +7,12 @@ Without one, the BitNet format (microsoft/BitNet):
 ``<|begin_of_text|>System: ...<|eot_id|>User: ...<|eot_id|>Assistant: `` -- the generation prompt ends
 with ``Assistant: ``. Generation stops on the family's end-of-turn tokens (``<|eot_id|>``,
 ``<|im_end|>``, ...), ``<|end_of_text|>`` and every EOS id of the config.
+
+In the BitNet format token ids are built piece by piece (:func:`encode_conversation`): the begin and
+end-of-turn tokens are inserted by id, and each assistant reply is tokenized apart from the
+``Assistant: `` before it, exactly as a generation prompt ends there, so training (chat SFT, loss on the
+reply tokens) and generation see the same tokens. A tokenizer without ``<|begin_of_text|>`` /
+``<|eot_id|>`` (the bundled default model's byte-level BPE) uses its own BOS and first EOS token.
 """
 
 from __future__ import annotations
@@ -80,6 +86,51 @@ def stop_token_ids(tokenizer: Any, config: Any = None) -> tuple[int, ...]:
     return tuple(dict.fromkeys(i for i in ids if i is not None))
 
 
+def chat_special_ids(tokenizer: Any) -> tuple[int | None, int]:
+    """(begin-of-text id or None, end-of-turn id): ``<|begin_of_text|>`` / ``<|eot_id|>`` when the vocabulary
+    has them, else the tokenizer's BOS and first EOS id."""
+    begin = tokenizer.token_to_id(BOS)
+    if begin is None:
+        begin = getattr(tokenizer, "bos_id", None)
+    end = tokenizer.token_to_id(EOT)
+    if end is None:
+        eos = tuple(getattr(tokenizer, "eos_ids", ()) or ())
+        if not eos:
+            raise GenerationError(f"the tokenizer has no {EOT} and no EOS token to end a chat turn with")
+        end = eos[0]
+    return begin, end
+
+
+def encode_conversation(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
+) -> tuple[list[int], list[bool]]:
+    """Token ids of a conversation and, per token, whether it belongs to an assistant reply (its content
+    and the end-of-turn token closing it): the tokens chat SFT trains on."""
+    format_chat(messages, add_generation_prompt)  # checks roles and contents
+    begin, end = chat_special_ids(tokenizer)
+    ids: list[int] = [] if begin is None else [begin]
+    mask: list[bool] = [False] * len(ids)
+
+    def add(new: list[int], trained: bool) -> None:
+        ids.extend(new)
+        mask.extend([trained] * len(new))
+
+    for m in messages:
+        reply = m["role"] == "assistant"
+        if reply:
+            add(tokenizer.encode(ROLES["assistant"]), False)
+            add(tokenizer.encode(m["content"]) + [end], True)
+        else:
+            add(tokenizer.encode(ROLES[m["role"]] + m["content"]) + [end], False)
+    if add_generation_prompt:
+        add(tokenizer.encode(ROLES["assistant"]), False)
+    return ids, mask
+
+
 def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
-    """Token ids of the chat prompt (its BOS text, if any, included once as a special token)."""
-    return tokenizer.encode(format_chat(messages, tokenizer=tokenizer))
+    """Token ids of the chat prompt: the tokenizer's chat template rendered (its BOS text, if any, read as
+    a special token), else the BitNet format (begin-of-text once, turns closed by end-of-turn,
+    ``Assistant: `` last)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.encode(format_chat(messages, tokenizer=tokenizer))
+    return encode_conversation(tokenizer, messages, add_generation_prompt=True)[0]

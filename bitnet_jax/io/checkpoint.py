@@ -18,7 +18,7 @@ import numpy as np
 
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError
-from bitnet_jax.io.names import get_node, set_node, tensor_names, ternary_tensors
+from bitnet_jax.io.names import TensorName, get_node, set_node, tensor_names, ternary_tensors
 from bitnet_jax.model import quant
 from bitnet_jax.model.scan import LAYERS, unstack_layers
 from pallas_kernels import Kernel, PackedWeight, layouts
@@ -62,6 +62,26 @@ class Checkpoint:
     tokenizer: Any = None
 
 
+def float_tensor(src: str, t: TensorName, value: Any) -> np.ndarray:
+    """A checkpoint's float tensor ``t`` as float32, checked (not ternary, shape, finite)."""
+    if isinstance(value, TernaryTensor):
+        raise CheckpointError(f"{src}: tensor {t.hf} must be a float tensor, found a ternary one")
+    if tuple(value.shape) != t.shape:
+        raise CheckpointError(f"{src}: tensor {t.hf} has shape {tuple(value.shape)}, expected {t.shape}")
+    arr = np.asarray(value, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise CheckpointError(f"{src}: tensor {t.hf} holds non-finite values")
+    return arr
+
+
+def check_no_extra(src: str, tensors: dict[str, Any], expected: set[str]) -> None:
+    """Every tensor of a checkpoint must belong to its model config."""
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
+        raise CheckpointError(f"{src}: unexpected tensor(s) not part of this model config: {shown}")
+
+
 def checkpoint_to_params(ckpt: Checkpoint, kernel: Kernel) -> dict:
     """Validate a checkpoint against its config and build the packed parameter tree (NumPy leaves)
     with the ternary weights in ``kernel``'s layout."""
@@ -90,24 +110,15 @@ def checkpoint_to_params(ckpt: Checkpoint, kernel: Kernel) -> dict:
             set_node(params, t.path + ("weight_packed",), packed)
             set_node(params, t.path + ("weight_scale",), np.float32(value.scale))
             continue
-        if isinstance(value, TernaryTensor):
-            raise CheckpointError(f"{src}: tensor {t.hf} must be a float tensor, found a ternary one")
-        if tuple(value.shape) != t.shape:
-            raise CheckpointError(f"{src}: tensor {t.hf} has shape {tuple(value.shape)}, expected {t.shape}")
-        arr = np.asarray(value, dtype=np.float32)
-        if not np.all(np.isfinite(arr)):
-            raise CheckpointError(f"{src}: tensor {t.hf} holds non-finite values")
-        set_node(params, t.path, arr)
-    extra = sorted(set(tensors) - expected)
-    if extra:
-        shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
-        raise CheckpointError(f"{src}: unexpected tensor(s) not part of this model config: {shown}")
+        set_node(params, t.path, float_tensor(src, t, value))
+    check_no_extra(src, tensors, expected)
     return params
 
 
-def params_to_tensors(config: ModelConfig, params: Any, packed: bool = True) -> dict[str, Any]:
+def params_to_tensors(config: ModelConfig, params: Any, packed: bool = True, latent: bool = False) -> dict[str, Any]:
     """Every tensor of a parameter tree by transformers name, ternary linears as :class:`TernaryTensor`
-    (a training-form tree is absmean-quantized); floats as float32 NumPy arrays."""
+    (a training-form tree is absmean-quantized, or with ``latent`` kept as its float weights); floats as
+    float32 NumPy arrays."""
     params = jax.device_get(params)
     if LAYERS in params:
         params = unstack_layers(params)
@@ -119,6 +130,8 @@ def params_to_tensors(config: ModelConfig, params: Any, packed: bool = True) -> 
         node = get_node(params, t.path)
         if packed:
             out[t.hf] = TernaryTensor.from_packed(node["weight_packed"], node["weight_scale"])
+        elif latent:
+            out[t.hf] = np.asarray(node["weight"], dtype=np.float32)
         else:
             out[t.hf] = TernaryTensor.from_latent(node["weight"])
     return out

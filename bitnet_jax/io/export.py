@@ -15,14 +15,15 @@ from pallas_kernels import get_kernel
 
 
 def save_pretrained(model: BitNetModel, path: str | Path, format: str = "hf", quant: str | None = None,
-                    arch: str | None = None, i2_s_layout: str = "x86") -> Path:
+                    arch: str | None = None, i2_s_layout: str = "x86", latent: bool = False) -> Path:
     """Save ``model`` as a transformers directory (``format="hf"``) or a GGUF file (``format="gguf"``).
 
     ``quant`` (GGUF only): ``i2_s`` (default, bitnet.cpp), ``tq2_0``, ``tq1_0``, ``f16`` or ``f32``;
     ``arch`` overrides the GGUF architecture chosen for the family
     (:func:`bitnet_jax.io.gguf_write.choose_arch`); ``i2_s_layout`` is the bitnet.cpp build an I2_S file
-    is for (``x86``, ``arm``, ``x86-1x4``). A training-form model is absmean-quantized first. Writes go
-    to a temporary name, then are renamed.
+    is for (``x86``, ``arm``, ``x86-1x4``). A training-form model is absmean-quantized first, or with
+    ``latent=True`` (HF only) saved as its float latent weights (``quantization_mode: online``). Writes
+    go to a temporary name, then are renamed.
     """
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}; choose one of {FORMATS}")
@@ -35,7 +36,9 @@ def save_pretrained(model: BitNetModel, path: str | Path, format: str = "hf", qu
         if quant not in (None, "i2_s", "packed") or arch is not None:
             raise CheckpointError(f"quant={quant!r} / arch={arch!r} apply to GGUF only (HF directories are always "
                                   "2-bit packed)")
-        return write_hf_checkpoint(model, path)
+        return write_hf_checkpoint(model, path, latent=latent)
+    if latent:
+        raise CheckpointError("latent=True applies to HF directories only (GGUF holds quantized weights)")
     if quant is not None and quant not in QUANTS:
         raise CheckpointError(f"unknown GGUF quant {quant!r}; choose one of {QUANTS}")
     tensors = params_to_tensors(model.config, model.params, model.packed)

@@ -15,7 +15,11 @@ Two weight forms are understood:
   ``weight_scale``. With ``linear_class: "autobitlinear"`` the scale multiplies the layer output; with
   ``"bitlinear"`` (transformers' default) it divides it. Codes stay packed.
 * **latent float**: ``quantization_mode: "online"`` or no quantization config; float weights are
-  quantized at load with absmean (exactly as transformers' online ``WeightQuant`` does).
+  quantized at load with absmean (exactly as transformers' online ``WeightQuant`` does), or kept float
+  (``read_hf_checkpoint(..., latent=True)``, what a fine-tune starts from).
+
+``write_hf_checkpoint`` writes the packed form, or (``latent=True``, a training-form model) the latent
+float weights under ``quantization_mode: "online"``, as the 2B4T ``-bf16`` repository holds them.
 """
 
 from __future__ import annotations
@@ -219,9 +223,11 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def quantization_config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """The ``quantization_config`` of a packed directory we write (autobitlinear, offline)."""
-    qc: dict[str, Any] = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
+def quantization_config_to_hf(config: ModelConfig, online: bool = False) -> dict[str, Any]:
+    """The ``quantization_config`` of a directory we write: autobitlinear, offline (packed) or ``online``
+    (latent weights)."""
+    qc: dict[str, Any] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                          "quantization_mode": "online" if online else "offline"}
     if config.use_rms_norm:
         qc.update(use_rms_norm=True, rms_norm_eps=config.linear_rms_norm_eps)
     if config.modules_to_not_convert is not None:
@@ -268,18 +274,27 @@ def _read_tensors(files: dict[str, Path]) -> dict[str, np.ndarray]:
                 for name in names:
                     if name not in present:
                         raise CheckpointError(f"{f}: tensor {name} listed in the index is missing from the file")
-                    out[name] = sf.get_tensor(name)
+                    try:
+                        out[name] = sf.get_tensor(name)
+                    except TypeError:  # bfloat16: NumPy has no such dtype; read it through JAX (ml_dtypes)
+                        with safe_open(f, framework="flax") as fx:
+                            out[name] = np.asarray(fx.get_tensor(name))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{f}: cannot read tensors ({e})") from None
     return out
 
 
-def read_hf_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a transformers BitNet directory into a format-neutral :class:`Checkpoint`."""
+def read_hf_checkpoint(path: str | Path, latent: bool = False, config: ModelConfig | None = None) -> Checkpoint:
+    """Read a transformers BitNet directory into a format-neutral :class:`Checkpoint`.
+
+    ``latent=True`` keeps latent (online-mode) ternary weights as float arrays instead of quantizing them;
+    ``config`` is the model config when the caller mapped ``config.json`` itself (another family's).
+    """
     path = Path(path)
     cfg_file = path / "config.json"
     hf = load_hf_config_file(cfg_file)
-    config = config_from_hf(hf, source=str(cfg_file), generation=_generation_config(path))
+    if config is None:
+        config = config_from_hf(hf, source=str(cfg_file), generation=_generation_config(path))
     qs = _quantization_settings(hf, str(cfg_file))
     mode, linear_class = qs["mode"], qs["linear_class"]
     raw = _read_tensors(_weight_files(path))
@@ -302,7 +317,7 @@ def read_hf_checkpoint(path: str | Path) -> Checkpoint:
                 raise CheckpointError(
                     f"{path}: tensor {name} is packed uint8 but config.json says quantization_mode is online"
                 )
-            tensors[name] = TernaryTensor.from_latent(arr)
+            tensors[name] = arr if latent else TernaryTensor.from_latent(arr)
             continue
         if arr.dtype != np.uint8 or arr.ndim != 2:
             raise CheckpointError(
@@ -333,26 +348,30 @@ def _generation_config(path: Path) -> dict[str, Any] | None:
     return load_hf_config_file(f) if f.is_file() else None
 
 
-def write_hf_checkpoint(model, path: str | Path) -> Path:
-    """Write a model as a transformers directory (autobitlinear, offline), atomically.
+def write_hf_checkpoint(model, path: str | Path, latent: bool = False) -> Path:
+    """Write a model as a transformers directory (autobitlinear), atomically.
 
     The directory holds ``config.json`` (``BitNetForCausalLM`` with sub-norms, under transformers' names
     whatever the source called them; ``LlamaForCausalLM`` + bitnet ``quantization_config`` without),
-    ``model.safetensors`` (ternary weights as uint8 ``rows4`` + multiplicative ``weight_scale``; a
-    training-form model is absmean-quantized first) and the tokenizer files when the model has one.
+    ``model.safetensors`` and the tokenizer files when the model has one. Packed (``offline``, the
+    default): ternary weights as uint8 ``rows4`` + multiplicative ``weight_scale`` (a training-form
+    model is absmean-quantized first). ``latent=True`` (a training-form model only): the float32 latent
+    weights under ``quantization_mode: online``, quantized by the reader.
     """
     from safetensors.numpy import save_file
 
+    if latent and model.packed:
+        raise CheckpointError("a latent HF export needs a training-form model (its latent weights); this one is packed")
     config = model.config.replace(sub_norm_names=BITNET_SUB_NORMS) if model.config.sub_norms else model.config
     tensors: dict[str, np.ndarray] = {}
-    for name, value in params_to_tensors(config, model.params, model.packed).items():
+    for name, value in params_to_tensors(config, model.params, model.packed, latent=latent).items():
         if isinstance(value, TernaryTensor):
             tensors[name] = np.ascontiguousarray(value.codes, dtype=np.uint8)
             tensors[name.removesuffix(".weight") + ".weight_scale"] = np.array([value.scale], np.float32)
         else:
             tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
     hf_config = config_to_hf(config)
-    hf_config["quantization_config"] = quantization_config_to_hf(config)
+    hf_config["quantization_config"] = quantization_config_to_hf(config, online=latent)
     with atomic_output(path, directory=True) as tmp:
         save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")

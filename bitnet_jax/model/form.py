@@ -19,6 +19,11 @@ def unconstrained(x: jax.Array) -> jax.Array:
     return x
 
 
+def same_layer(layer_class: type) -> type:
+    """The identity on the decoder layer class (no rematerialization)."""
+    return layer_class
+
+
 @dataclasses.dataclass(frozen=True)
 class Form:
     """How the weights are held and multiplied; :class:`~bitnet_jax.config.ModelConfig` says what the model is.
@@ -31,6 +36,10 @@ class Form:
       (:mod:`bitnet_jax.model.scan`).
     * ``weight_quantizer`` / ``shard_batch`` -- hooks :mod:`bitnet_jax.parallel` fills for a mesh (the FSDP
       packed weight gather; the batch split of the activations after the embedding). The model only calls them.
+    * ``activation_quantizer`` -- training form: the activations' fake quantizer (the train step blends it
+      in during a quantization warm-up, as it may the weight quantizer).
+    * ``layer_transform`` -- wraps the decoder layer class (the train step passes ``nn.remat`` with the
+      config's rematerialization policy); the identity by default.
     """
 
     kernel: Kernel | None = None
@@ -39,6 +48,8 @@ class Form:
     scan_layers: bool = False
     weight_quantizer: Callable[[jax.Array], jax.Array] = quant.fake_quantize_weights
     shard_batch: Callable[[jax.Array], jax.Array] = unconstrained
+    activation_quantizer: Callable[[jax.Array], jax.Array] = quant.fake_quantize_activations
+    layer_transform: Callable[[type], type] = same_layer
 
     def __post_init__(self) -> None:
         if self.head not in ("exact", "int8"):

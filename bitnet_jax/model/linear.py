@@ -3,8 +3,9 @@
 * :class:`QATLinear` -- the training form: a latent float32 ``weight [out, in]``, both quantizers applied
   as fake quantization with the straight-through estimator (differentiable). ``weight_quantizer`` is
   injected (default :func:`~bitnet_jax.model.quant.fake_quantize_weights`; :mod:`bitnet_jax.parallel`
-  passes one that gathers FSDP shards as packed codes); ``quantize=False`` is the same architecture in
-  full precision, for comparison runs.
+  passes one that gathers FSDP shards as packed codes), and so is ``activation_quantizer`` (default
+  :func:`~bitnet_jax.model.quant.fake_quantize_activations`; the train step blends both in during a
+  quantization warm-up); ``quantize=False`` is the same architecture in full precision, for comparison runs.
 * :class:`PackedLinear` -- the inference form: ``weight_packed`` (a :class:`~pallas_kernels.PackedWeight`
   in the kernel's layout) and ``weight_scale`` (the multiplicative dequantization scale ``1 / s_w``);
   activations quantized to int8, an exact int32 product by the injected :class:`~pallas_kernels.Kernel`,
@@ -41,6 +42,7 @@ class QATLinear(nn.Module):
     dtype: Any = jnp.float32
     quantize: bool = True
     weight_quantizer: Callable[[jax.Array], jax.Array] = quant.fake_quantize_weights
+    activation_quantizer: Callable[[jax.Array], jax.Array] = quant.fake_quantize_activations
     input_norm_eps: float | None = None
 
     @nn.compact
@@ -48,7 +50,7 @@ class QATLinear(nn.Module):
         x = input_norm(x, self.input_norm_eps, self.dtype)
         w = self.param("weight", nn.initializers.normal(INIT_STD), (self.features, x.shape[-1]), jnp.float32)
         if self.quantize:
-            x, w = quant.fake_quantize_activations(x), self.weight_quantizer(w)
+            x, w = self.activation_quantizer(x), self.weight_quantizer(w)
         xd, wd = x.astype(self.dtype), w.astype(self.dtype)
         return jnp.einsum("...k,nk->...n", xd, wd, preferred_element_type=jnp.float32).astype(self.dtype)
 

@@ -43,16 +43,26 @@ def linear(form: Form, cfg: ModelConfig, features: int, dtype: Any, name: str, f
     eps = cfg.linear_rms_norm_eps if cfg.use_rms_norm else None
     if form.packed:
         return PackedLinear(features, form.kernel, dtype, eps, name=module)
-    return QATLinear(features, dtype, form.quantize, form.weight_quantizer, eps, name=module)
+    return QATLinear(features, dtype, form.quantize, form.weight_quantizer, form.activation_quantizer, eps, name=module)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array) -> jax.Array:
-    """Causal GQA attention of ``q [B, T, H, D]`` over ``k, v [B, S, Hkv, D]`` (slot j visible if j <= pos)."""
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array,
+           segment_ids: jax.Array | None = None) -> jax.Array:
+    """Causal GQA attention of ``q [B, T, H, D]`` over ``k, v [B, S, Hkv, D]`` (slot j visible if j <= pos).
+
+    With ``segment_ids [B, T]`` (packed rows of several documents, no cache: ``S == T``) query ``t`` sees
+    slot ``j`` iff ``j <= t`` and both belong to the same segment; positions then restart per document
+    and only drive RoPE.
+    """
     b, t, h, d = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (d**-0.5)
-    visible = jnp.arange(k.shape[1])[None, None, :] <= q_positions[:, :, None]  # [B, T, S]
+    if segment_ids is None:
+        visible = jnp.arange(k.shape[1])[None, None, :] <= q_positions[:, :, None]  # [B, T, S]
+    else:
+        causal = jnp.arange(k.shape[1])[None, :] <= jnp.arange(t)[:, None]  # [T, S]
+        visible = causal[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
     scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
@@ -67,7 +77,7 @@ class Attention(nn.Module):
     floats: frozenset[str] = frozenset()  # this layer's float linears (modules_to_not_convert)
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, cache: LayerCache | None = None):
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: LayerCache | None = None, segment_ids=None):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         b, t, _ = x.shape
         hd, heads, kv_heads = cfg.head_size, cfg.num_attention_heads, cfg.num_key_value_heads
@@ -82,7 +92,10 @@ class Attention(nn.Module):
         if cache is not None:
             cache = cache.write(k, v, positions[:, 0])
             k, v = cache.read()
-        out = self.form.kernel.attend(q, k, v, positions, attend) if self.form.packed else attend(q, k, v, positions)
+        if self.form.packed and segment_ids is None:  # the kernel's attention (fused where the platform has one)
+            out = self.form.kernel.attend(q, k, v, positions, attend)
+        else:
+            out = attend(q, k, v, positions, segment_ids)
         if cfg.sub_norms:
             out = RMSNorm(heads * hd, cfg.rms_norm_eps, dtype, name="attn_sub_norm")(out)
         return proj("o_proj", cfg.hidden_size)(out), cache
@@ -117,10 +130,10 @@ class DecoderLayer(nn.Module):
     floats: frozenset[str] = frozenset()
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, cache: LayerCache | None = None):
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: LayerCache | None = None, segment_ids=None):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         n = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="input_layernorm")(x)
-        attn_out, cache = Attention(cfg, self.form, self.floats, name="self_attn")(n, positions, cache)
+        attn_out, cache = Attention(cfg, self.form, self.floats, name="self_attn")(n, positions, cache, segment_ids)
         h = x + attn_out
         m = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(h)
         return h + MLP(cfg, self.form, self.floats, name="mlp")(m), cache
@@ -129,8 +142,10 @@ class DecoderLayer(nn.Module):
 class Transformer(nn.Module):
     """The BitNet b1.58 causal LM (any family).
 
-    ``__call__(tokens [B, T], positions [B, T] | None, cache | None, logit_index [B] | None)`` returns
-    ``(float32 logits, cache)``: logits ``[B, T, vocab]``, or ``[B, 1, vocab]`` at ``logit_index`` only.
+    ``__call__(tokens [B, T], positions [B, T] | None, cache | None, logit_index [B] | None,
+    segment_ids [B, T] | None)`` returns ``(float32 logits, cache)``: logits ``[B, T, vocab]``, or
+    ``[B, 1, vocab]`` at ``logit_index`` only. ``segment_ids`` (training on packed rows, no cache) keeps
+    attention inside each document of a row (:func:`attend`).
     Layers are unrolled (``layers_0 ..``, the names of HF checkpoints) unless ``form.scan_layers``
     (:mod:`bitnet_jax.model.scan`).
     """
@@ -149,19 +164,22 @@ class Transformer(nn.Module):
         return self.param(name, nn.initializers.normal(0.02), shape, jnp.float32), None
 
     @nn.compact
-    def __call__(self, tokens, positions=None, cache: KVCache | None = None, logit_index=None):
+    def __call__(self, tokens, positions=None, cache: KVCache | None = None, logit_index=None, segment_ids=None):
         cfg, form, dtype = self.config, self.form, jnp.dtype(self.config.dtype)
         b, t = tokens.shape
+        if segment_ids is not None and cache is not None:
+            raise ConfigError("segment_ids (packed training rows) cannot be combined with a KV cache")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         embedding, embed_scales = self._table("embed_tokens")
         x = form.shard_batch(head_lib.embed(embedding, tokens, embed_scales).astype(dtype))
+        layer_class = form.layer_transform(DecoderLayer)
         if form.scan_layers:
             floats = {cfg.float_linears(i) for i in range(cfg.num_hidden_layers)}
             if len(floats) > 1:
                 raise ConfigError("scan_layers needs every layer to have the same float linears; "
                                   "modules_to_not_convert differs between layers (load without scan_layers)")
-            layer = DecoderLayer(cfg, form, floats.pop(), parent=None)
+            layer = layer_class(cfg, form, floats.pop(), parent=None)
             stacked = self.variable(
                 "params", scan.LAYERS,
                 lambda: scan.init_stacked(lambda k: layer.init(k, x, positions)["params"], self.make_rng("params"),
@@ -169,14 +187,14 @@ class Transformer(nn.Module):
             ).value
 
             def apply_layer(params, h, layer_cache):
-                return layer.apply({"params": params}, h, positions, layer_cache)
+                return layer.apply({"params": params}, h, positions, layer_cache, segment_ids)
 
             x, new_cache = scan.scan_layers(apply_layer, stacked, x, cache, cfg.num_hidden_layers)
         else:
             new_cache = None if cache is None else []
             for i in range(cfg.num_hidden_layers):
                 view = None if cache is None else LayerCache(cache[i]["k"], cache[i]["v"])
-                x, view = DecoderLayer(cfg, form, cfg.float_linears(i), name=f"layers_{i}")(x, positions, view)
+                x, view = layer_class(cfg, form, cfg.float_linears(i), name=f"layers_{i}")(x, positions, view, segment_ids)
                 if cache is not None:
                     new_cache.append({"k": view.k, "v": view.v})
         x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="norm")(x)

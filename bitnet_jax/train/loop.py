@@ -1,5 +1,11 @@
 """The training loop: data, jitted steps, periodic evaluation, JSONL metrics, checkpoints, resume.
 
+A run starts from fresh weights or from ``init.from`` (:mod:`bitnet_jax.train.init`: the checkpoint's
+config and tokenizer become the run's). With ``logging.eval_before`` (default: for a fine-tune) the
+validation loss and the ``logging.samples`` replies of the starting model are recorded at step 0, and
+again at the end; ``export`` writes the final model in each listed format and records each export's
+validation loss (:mod:`bitnet_jax.train.export`). Metrics go to ``metrics.jsonl``, one JSON per line.
+
 In a multi-process run (:func:`bitnet_jax.parallel.distributed.initialize` first) every process runs this same
 loop over the global mesh: process 0 prepares the dataset (the others wait, then read its files),
 writes ``config.yaml`` and ``metrics.jsonl`` and shows progress; checkpoints are written and read by
@@ -21,16 +27,19 @@ import jax
 import numpy as np
 
 from bitnet_jax.config import ModelConfig, TrainConfig, config_from_dict
-from bitnet_jax.config.run import CheckpointConfig, LoggingConfig
+from bitnet_jax.config.run import CheckpointConfig, ExportConfig, LoggingConfig, check_seq_len
 from bitnet_jax.errors import ConfigError
 from bitnet_jax.io._atomic import write_text
+from bitnet_jax.io.tokenizer import Tokenizer
 from bitnet_jax.parallel.rules import make_mesh, place
 from bitnet_jax.train.checkpoint import RunCheckpointer
-from bitnet_jax.train.data import Dataset, prepare_dataset
+from bitnet_jax.train.data import TOKENIZER_FILE, Dataset, prepare_dataset
+from bitnet_jax.train.init import InitModel, check_architecture, load_init
 from bitnet_jax.train.step import (
     abstract_state,
     batch_sharding,
     check_mesh,
+    eval_sharding,
     make_eval_step,
     make_optimizer,
     make_train_step,
@@ -40,11 +49,17 @@ from bitnet_jax.train.step import (
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 # Sections whose change would make a resumed run a different run.
-RESUME_FIXED = ("model", "data", "tokenizer", "optimizer", "schedule", "training")
+RESUME_FIXED = ("model", "init", "data", "tokenizer", "optimizer", "schedule", "training")
 
 
-def run_model_config(cfg: TrainConfig, dataset: Dataset) -> ModelConfig:
-    """The model trained: the configured model with the tokenizer's vocabulary and separator as BOS/EOS."""
+def run_model_config(cfg: TrainConfig, dataset: Dataset, start: ModelConfig | None = None) -> ModelConfig:
+    """The model trained: the checkpoint's (``start``, a fine-tune) or the configured model with the
+    tokenizer's vocabulary and separator as BOS/EOS, in the compute dtype."""
+    if start is not None:
+        if cfg.model is not None:
+            check_architecture(cfg.model, start, cfg.init.from_)
+        check_seq_len(cfg.data, start)
+        return start.replace(dtype=cfg.training.compute_dtype)
     return cfg.model.replace(
         vocab_size=dataset.vocab_size,
         bos_token_id=dataset.separator_id,
@@ -63,15 +78,45 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def evaluate(eval_step, params, dataset: Dataset, micro_batch: int, batches: int, sharding) -> float | None:
-    """Mean validation nll over the first ``batches`` validation batches (None without validation data)."""
-    losses = [float(eval_step(params, place(b, sharding))) for b in dataset.val_batches(micro_batch, batches)]
-    return float(np.mean(losses)) if losses else None
+    """Validation nll per trained target over the first ``batches`` validation batches (None without any)."""
+    total, count = 0.0, 0.0
+    for b in dataset.val_batches(micro_batch, batches):
+        s, c = jax.device_get(eval_step(params, place(b, sharding)))
+        total, count = total + float(s), count + float(c)
+    return total / count if count else None
+
+
+def sample_replies(model_cfg: ModelConfig, params, tokenizer: Tokenizer, cfg: TrainConfig) -> list[dict[str, str]]:
+    """Greedy replies (chat format) of the training-form model to ``logging.samples``."""
+    from bitnet_jax.inference import encode_chat, generate, stop_token_ids
+    from bitnet_jax.model import BitNetModel, Form
+
+    model = BitNetModel(model_cfg, jax.device_get(params), tokenizer, form=Form(quantize=cfg.training.quantize))
+    out = []
+    for prompt in cfg.logging.samples:
+        ids = encode_chat(tokenizer, [{"role": "user", "content": prompt}])
+        new = generate(model, [ids], max_new_tokens=cfg.logging.sample_tokens,
+                       stop_tokens=stop_token_ids(tokenizer, model_cfg))[0]
+        stops = set(stop_token_ids(tokenizer, model_cfg))
+        reply = [int(t) for t in new]
+        reply = reply[: next((i for i, t in enumerate(reply) if t in stops), len(reply))]
+        out.append({"prompt": prompt, "reply": tokenizer.decode(reply)})
+    return out
+
+
+def eval_before(cfg: TrainConfig) -> bool:
+    """Whether step 0 is evaluated: ``logging.eval_before``, by default for a fine-tune."""
+    return cfg.init.from_ is not None if cfg.logging.eval_before is None else cfg.logging.eval_before
 
 
 def _check_resume(saved: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> None:
     old = config_from_dict(saved, source=f"{run_dir} checkpoint config").to_dict()
     new = cfg.to_dict()
     for section in RESUME_FIXED:
+        if old[section] is None or new[section] is None:  # the model section: given, or the checkpoint's
+            if old[section] != new[section]:
+                raise ConfigError(f"{section}: differs from the checkpoint in {run_dir}; use a new checkpoint.dir")
+            continue
         for key in new[section]:
             if section == "training" and key == "steps":
                 continue
@@ -92,15 +137,32 @@ def sync_processes(name: str) -> None:
 
 def step_key(cfg: TrainConfig) -> TrainConfig:
     """The config with the sections that do not affect the compiled step reset (a cache key)."""
-    data = dataclasses.replace(cfg.data, paths=("<data>",), pattern="*", recursive=False, val_fraction=0.0, seed=0)
-    return dataclasses.replace(cfg, checkpoint=CheckpointConfig(), logging=LoggingConfig(), data=data)
+    data = dataclasses.replace(cfg.data, paths=("<data>",), pattern="*", recursive=False, val_fraction=0.0, seed=0,
+                               format="auto", max_documents=None)
+    return dataclasses.replace(cfg, checkpoint=CheckpointConfig(), logging=LoggingConfig(), data=data,
+                               export=ExportConfig())
 
 
 @functools.lru_cache(maxsize=4)
 def compiled_functions(cfg: TrainConfig, model_cfg: ModelConfig, mesh):
-    """(optimizer, jitted train step, jitted eval) for a config, reused across runs in one process."""
+    """(optimizer, jitted train step, jitted warm-up step or None, jitted eval) for a config, reused
+    across runs in one process."""
     tx = make_optimizer(cfg)
-    return tx, make_train_step(cfg, model_cfg, tx, mesh), make_eval_step(cfg, model_cfg, mesh)
+    warm = make_train_step(cfg, model_cfg, tx, mesh, warmup=True) if cfg.training.quant_warmup_steps else None
+    return tx, make_train_step(cfg, model_cfg, tx, mesh), warm, make_eval_step(cfg, model_cfg, mesh)
+
+
+def _start_model(cfg: TrainConfig, run_dir: Path, ckpt: RunCheckpointer, latest: int | None
+                 ) -> tuple[InitModel | None, ModelConfig | None, Tokenizer | None]:
+    """(the init checkpoint or None, its model config, its tokenizer) of a fine-tune; a resumed fine-tune
+    reads the config from its own checkpoint and the tokenizer from the run directory instead."""
+    if cfg.init.from_ is None:
+        return None, None, None
+    if latest is not None:
+        config = ModelConfig.from_dict(ckpt.restore_meta(latest)["model_config"], source=f"{run_dir} checkpoint")
+        return None, config, Tokenizer.from_file(run_dir / TOKENIZER_FILE, config)
+    start = load_init(cfg.init)
+    return start, start.config, start.tokenizer
 
 
 def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -113,20 +175,30 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
     check_mesh(cfg, mesh)
     micro = cfg.training.batch_size // cfg.training.grad_accum
     lead = jax.process_index() == 0  # writes the run's files; every process writes its checkpoint shards
-    if not lead:
-        sync_processes("bitnet_jax.train: dataset ready")
-    dataset = prepare_dataset(cfg.data, cfg.tokenizer, run_dir)  # the first thing that writes into run_dir
-    if lead:
-        sync_processes("bitnet_jax.train: dataset ready")
-    model_cfg = run_model_config(cfg, dataset)
-    ckpt = RunCheckpointer(run_dir, cfg.checkpoint.keep)
-    latest = ckpt.latest_step() if cfg.checkpoint.resume else None
+    ckpt = RunCheckpointer(run_dir, cfg.checkpoint.keep) if (run_dir / "checkpoints").is_dir() else None
+    latest = ckpt.latest_step() if ckpt is not None and cfg.checkpoint.resume else None
     if latest is not None:
         _check_resume(ckpt.restore_meta(latest)["config"], cfg, run_dir)
-    tx, step_fn, eval_fn = compiled_functions(step_key(cfg), model_cfg, mesh)
+    init_model, start_cfg, start_tok = _start_model(cfg, run_dir, ckpt, latest)
+    if init_model is not None and lead and not quiet:
+        print(init_model.note, flush=True)
+    if not lead:
+        sync_processes("bitnet_jax.train: dataset ready")
+    dataset = prepare_dataset(cfg.data, cfg.tokenizer, run_dir, start_tok)  # the first thing that writes into run_dir
+    if lead:
+        sync_processes("bitnet_jax.train: dataset ready")
+    model_cfg = run_model_config(cfg, dataset, start_cfg)
+    if cfg.export.dir is not None:
+        from bitnet_jax.train.export import check_exports
+
+        check_exports(model_cfg, cfg.export.formats)
+    if ckpt is None:
+        ckpt = RunCheckpointer(run_dir, cfg.checkpoint.keep)
+    tx, step_fn, warm_fn, eval_fn = compiled_functions(step_key(cfg), model_cfg, mesh)
     start = 0
     if latest is None:
-        state = sharded_init(cfg, model_cfg, tx, mesh)
+        state = sharded_init(cfg, model_cfg, tx, mesh, None if init_model is None else init_model.params)
+        init_model = None  # the host copy of the starting weights is no longer needed
     else:  # restored straight into this run's shardings, whatever mesh wrote it
         state, meta = ckpt.restore(latest, abstract_state(cfg, model_cfg, tx, mesh))
         start = int(meta["data_position"])
@@ -136,7 +208,7 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
         _truncate_metrics(metrics_path, start)
 
     shard = batch_sharding(mesh)
-    eval_shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(shard.spec[1], None))
+    eval_shard = eval_sharding(mesh)
     accum, seq = cfg.training.grad_accum, cfg.data.seq_len
     end = cfg.training.steps if max_steps is None else min(cfg.training.steps, start + max_steps)
     tokens_per_step = cfg.training.batch_size * seq
@@ -146,11 +218,32 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
 
         bar = tqdm(total=cfg.training.steps, initial=start, unit="step", dynamic_ncols=True)
     last: dict[str, Any] = {}
+
+    def write(log, record: dict[str, Any]) -> None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        last.update(record)
+
+    def checkpoint_eval(step: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"step": step}
+        val = evaluate(eval_fn, state["params"], dataset, micro, cfg.logging.eval_batches, eval_shard)
+        if val is not None:
+            record.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+        if cfg.logging.samples and jax.process_count() == 1:
+            record["samples"] = sample_replies(model_cfg, state["params"], dataset.tokenizer, cfg)
+        return record
+
     t0, window_steps = time.perf_counter(), 0
     with open(metrics_path if lead else os.devnull, "a") as log:
+        if start == 0 and eval_before(cfg):
+            before = checkpoint_eval(0)
+            write(log, before)
+            last.update({f"before_{k}": v for k, v in before.items() if k != "step"})
         for i in range(start, end):
-            batch = dataset.train_batch(i, cfg.training.batch_size).reshape(accum, micro, seq + 1)
-            state, metrics = step_fn(state, place(batch, shard))
+            batch = dataset.train_batch(i, cfg.training.batch_size)
+            batch = {k: v.reshape(accum, micro, seq) for k, v in batch.items()}
+            fn = warm_fn if warm_fn is not None and i < cfg.training.quant_warmup_steps else step_fn
+            state, metrics = fn(state, place(batch, shard))
             window_steps += 1
             step = i + 1
             record: dict[str, Any] = {}
@@ -162,18 +255,17 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
                     "loss": float(m["loss"]),
                     "lr": float(m["lr"]),
                     "grad_norm": float(m["grad_norm"]),
+                    "trained_tokens": int(m["tokens"]),
                     "tokens_per_s": window_steps * tokens_per_step / dt,
                 }
+                if "quant_blend" in m:
+                    record["quant_blend"] = float(m["quant_blend"])
                 t0, window_steps = time.perf_counter(), 0
             if step % cfg.logging.eval_every == 0 or step == cfg.training.steps:
-                val = evaluate(eval_fn, state["params"], dataset, micro, cfg.logging.eval_batches, eval_shard)
-                if val is not None:
-                    record.update(step=step, val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+                record.update(checkpoint_eval(step))
                 t0 = time.perf_counter()
             if record:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                last.update(record)
+                write(log, record)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "val_loss", "lr")})
             if step % cfg.checkpoint.every == 0 or step == end:
@@ -188,8 +280,13 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
                 t0 = time.perf_counter()
             if bar is not None:
                 bar.update(1)
-    if bar is not None:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        if cfg.export.dir is not None and end == cfg.training.steps:
+            from bitnet_jax.train.export import export_trained
+
+            exports = export_trained(model_cfg, state["params"], dataset, cfg, mesh)
+            write(log, {"step": end, "export": exports})
     ckpt.close()
     last["final_step"] = end
     return last
