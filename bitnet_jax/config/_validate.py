@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,15 +24,73 @@ from bitnet_jax.errors import ConfigError
 T = TypeVar("T")
 
 
+_YAML12_RESOLVERS: list[tuple[str, str, str]] = [  # (tag, regexp, first characters): YAML 1.2's core schema
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("tag:yaml.org,2002:float",
+     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+     "-+.0123456789"),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+]
+_AMBIGUOUS = "tag:bitnet-jax:yaml11-bool"
+_AMBIGUOUS_RE = r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$"
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 scalars: ``1e-3`` is a number, ``0o17`` octal, ``010`` ten, no
+    timestamps; ``yes``/``no``/``on``/``off``/``y``/``n`` (booleans in YAML 1.1, strings in 1.2) are refused
+    as mapping values, naming the key, since either reading could be meant."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: D102  (PyYAML's hook)
+        for key_node, value_node in node.value:
+            if value_node.tag == _AMBIGUOUS:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                raise ConfigError(
+                    f"{key}: {value_node.value!r} is ambiguous in YAML (a boolean in YAML 1.1, a string in 1.2); "
+                    f"write true or false, or quote it for a string (line {value_node.start_mark.line + 1})",
+                    key=str(key), reason="ambiguous boolean")
+        return super().construct_mapping(node, deep=deep)
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag in ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _rx, _first in [*_YAML12_RESOLVERS, (_AMBIGUOUS, _AMBIGUOUS_RE, "yYnNoO")]:
+    _Yaml12Loader.add_implicit_resolver(_tag, re.compile(_rx), list(_first))
+_Yaml12Loader.add_constructor(_AMBIGUOUS, lambda loader, node: loader.construct_scalar(node))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text[:2] in ("0o", "0x") else int(text)  # 010 is ten in YAML 1.2
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML text with YAML 1.2 scalars (:class:`_Yaml12Loader`); errors name ``source``."""
+    try:
+        root = yaml.compose(text, Loader=_Yaml12Loader)
+        if isinstance(root, yaml.ScalarNode) and root.tag == _AMBIGUOUS:
+            raise ConfigError(f"{root.value!r} is ambiguous in YAML (a boolean in YAML 1.1, a string in 1.2); "
+                              "write true or false, or quote it for a string", reason="ambiguous boolean")
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506  (a SafeLoader subclass)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}", key=e.key, reason=e.reason) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML ({' '.join(str(e).split())})") from None
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
-    """Parse a YAML file (an empty file is ``{}``); errors name the file."""
+    """Parse a YAML file with YAML 1.2 scalars (an empty file is ``{}``); errors name the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read {what} ({e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+    data = load_yaml_text(text, str(path))
     return {} if data is None else data
 
 

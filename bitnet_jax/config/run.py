@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from bitnet_jax.config._validate import Validated, build, read_yaml
+from bitnet_jax.config._validate import Validated, build, load_yaml_text, read_yaml
 from bitnet_jax.config.mesh import AXES, MeshConfig
 from bitnet_jax.config.model import ModelConfig
 from bitnet_jax.errors import ConfigError
@@ -359,18 +359,14 @@ def _model_section(model_data: Any, has_init: bool, source: str) -> ModelConfig 
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"training.steps=20"`` -> (``["training", "steps"]``, ``20``); the value is parsed as YAML."""
+    """``"training.steps=20"`` -> (``["training", "steps"]``, ``20``); the value is parsed as YAML 1.2."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE (e.g. training.steps=100)")
     parts = key.strip().split(".")
     if len(parts) != 2:
         raise ConfigError(f"--set {text!r}: KEY must be SECTION.FIELD (e.g. optimizer.lr)")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: cannot parse value ({e})") from None
-    return parts, value
+    return parts, load_yaml_text(raw, f"--set {text!r}")  # YAML 1.2 scalars, as in config files
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> TrainConfig:

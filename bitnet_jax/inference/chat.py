@@ -62,13 +62,20 @@ def render_chat_template(template: str, messages: Sequence[Mapping[str, str]], a
 
 def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True, tokenizer: Any = None) -> str:
     """The prompt text for ``messages`` (each ``{"role": ..., "content": str}``): ``tokenizer``'s chat
-    template when it has one, else the BitNet format (roles system | user | assistant)."""
+    template when it has one, else the BitNet format (roles system | user | assistant), written with
+    ``tokenizer``'s own begin and end-of-turn tokens (:func:`chat_special_ids`) when it is given, so that
+    ``tokenizer.encode(format_chat(...))`` reads them as special tokens."""
     template = getattr(tokenizer, "chat_template", None)
     if template:
         _check(messages, None)
         return render_chat_template(template, messages, add_generation_prompt, getattr(tokenizer, "special_tokens", {}))
     _check(messages, tuple(ROLES))
-    parts = [BOS] + [ROLES[m["role"]] + m["content"] + EOT for m in messages]
+    begin, end = BOS, EOT
+    if tokenizer is not None:  # the vocabulary's own special tokens, so the text encodes as encode_chat does
+        begin_id, end_id = chat_special_ids(tokenizer)
+        begin = "" if begin_id is None else tokenizer.token_text(begin_id)
+        end = tokenizer.token_text(end_id)
+    parts = [begin] + [ROLES[m["role"]] + m["content"] + end for m in messages]
     if add_generation_prompt:
         parts.append(ROLES["assistant"])
     return "".join(parts)

@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,12 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
     latest = ckpt.latest_step() if ckpt is not None and cfg.checkpoint.resume else None
     if latest is not None:
         _check_resume(ckpt.restore_meta(latest)["config"], cfg, run_dir)
+        if latest >= cfg.training.steps:  # nothing to do: say so, touch nothing
+            if lead and not quiet:
+                print(f"{run_dir}: already complete at step {latest} (training.steps: {cfg.training.steps}); "
+                      "raise training.steps to train further", flush=True)
+            ckpt.close()
+            return {"final_step": latest, "already_complete": True}
     init_model, start_cfg, start_tok = _start_model(cfg, run_dir, ckpt, latest)
     if init_model is not None and lead and not quiet:
         print(init_model.note, flush=True)
@@ -202,6 +209,8 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
     else:  # restored straight into this run's shardings, whatever mesh wrote it
         state, meta = ckpt.restore(latest, abstract_state(cfg, model_cfg, tx, mesh))
         start = int(meta["data_position"])
+    if start and lead and not quiet:
+        print(f"resuming from step {start} of {cfg.training.steps} ({run_dir})", flush=True)
     metrics_path = run_dir / METRICS_FILE
     if lead:
         write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
@@ -213,7 +222,7 @@ def train(cfg: TrainConfig, max_steps: int | None = None, quiet: bool = False) -
     end = cfg.training.steps if max_steps is None else min(cfg.training.steps, start + max_steps)
     tokens_per_step = cfg.training.batch_size * seq
     bar = None
-    if cfg.logging.progress and not quiet and lead:
+    if cfg.logging.progress and not quiet and lead and sys.stderr.isatty():  # a bar on a terminal only
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.training.steps, initial=start, unit="step", dynamic_ncols=True)

@@ -1,0 +1,1 @@
+"""The example run configs (``bitnet-jax train --example NAME``), shipped as package data."""
