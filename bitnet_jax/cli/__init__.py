@@ -16,6 +16,7 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 from typing import Sequence
 
 from bitnet_jax.cli import chat, convert, generate, info, launch, perplexity, train
@@ -30,6 +31,11 @@ EXIT_BROKEN_PIPE = 141
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``bitnet-jax: warning: ...`` line on stderr (``--debug`` keeps Python's format)."""
+    print(f"bitnet-jax: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
 
 
 def _version() -> str:
@@ -73,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bitnet-jax`` console script (``argv`` None: this process's arguments; an
     interrupt then ends the process at once, past the interpreter's teardown of running XLA threads)."""
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        warnings.showwarning = _one_line_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bitnet_jax.io.formats import FORMATS, GGUF_ARCHS, I2S_LAYOUT_NAMES, QUANTS
+from bitnet_jax.io.formats import EMBED_TYPES, FORMATS, GGUF_ARCHS, I2S_LAYOUT_NAMES, QUANTS
 
 
 def run(args: argparse.Namespace) -> int:
@@ -12,7 +12,8 @@ def run(args: argparse.Namespace) -> int:
     from bitnet_jax.io import convert
 
     out = convert(args.input, args.output, to=args.to, quant=args.quant, arch=args.arch,
-                  i2_s_layout=args.i2s_layout, src_i2_s_layout=args.input_i2s_layout)
+                  i2_s_layout=args.i2s_layout, src_i2_s_layout=args.input_i2s_layout,
+                  embed_type=args.embed_type)
     print(f"wrote {out}")
     return 0
 
@@ -24,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("output", help="output directory (hf) or .gguf file")
     p.add_argument("--to", choices=FORMATS, default=None, help="output format (default: from OUT's suffix)")
     p.add_argument("--quant", choices=QUANTS, default=None, help="GGUF ternary encoding (default i2_s)")
+    p.add_argument("--embed-type", choices=EMBED_TYPES, default="auto",
+                   help="GGUF storage of the embedding: auto (default) keeps its own dtype, so greedy tokens match "
+                        "the source; f16 / bf16 halve a float32 embedding and may change greedy text")
     p.add_argument("--arch", choices=GGUF_ARCHS, default=None,
                    help="GGUF architecture (default: the one the engines run the model's family with)")
     p.add_argument("--i2s-layout", choices=I2S_LAYOUT_NAMES, default="x86",

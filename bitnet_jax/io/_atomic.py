@@ -20,6 +20,15 @@ def _umask() -> int:
     return mask
 
 
+def _ordinary_permissions(root: Path) -> None:
+    """Files under ``root`` to 0666 & ~umask, folders to 0777 & ~umask (what open() and mkdir() give)."""
+    mask = _umask()
+    for entry in root.rglob("*"):
+        if entry.is_symlink():
+            continue
+        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` to write (a file, or with ``directory`` a new directory);
@@ -36,6 +45,8 @@ def atomic_output(path: str | Path, *, directory: bool = False) -> Iterator[Path
     os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
     try:
         yield tmp
+        if directory:  # what writers made inside (safetensors writes 0600) gets the ordinary permissions too
+            _ordinary_permissions(tmp)
         if directory and path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)

@@ -211,7 +211,7 @@ def read_gguf_checkpoint(path: str | Path, i2_s_layout: str = "x86") -> Checkpoi
     if missing:
         raise CheckpointError(f"{f.path}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     tokenizer = None
-    if "tokenizer.ggml.tokens" in f.metadata:
+    if "tokenizer.ggml.tokens" in f.metadata or "tokenizer.huggingface.json" in f.metadata:
         from bitnet_jax.io.tokenizer import tokenizer_from_gguf_metadata
 
         tokenizer = tokenizer_from_gguf_metadata(f.metadata, str(f.path))

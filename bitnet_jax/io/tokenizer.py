@@ -139,10 +139,18 @@ def _gguf_types(meta: dict, source: str, n: int) -> np.ndarray:
 
 
 def tokenizer_from_gguf_metadata(meta: dict, source: str) -> Tokenizer:
-    """A :class:`Tokenizer` from GGUF ``tokenizer.ggml.*`` metadata: byte-level BPE (``gpt2``) or
-    SentencePiece (``llama``); the chat template and BOS/EOS/EOT ids come along."""
+    """A :class:`Tokenizer` from GGUF metadata: ``tokenizer.huggingface.json`` when the file has it, else
+    ``tokenizer.ggml.*`` byte-level BPE (``gpt2``) or SentencePiece (``llama``); the chat template and
+    BOS/EOS/EOT ids come along."""
     model = meta.get("tokenizer.ggml.model")
-    if model == "llama":
+    hf_json = meta.get("tokenizer.huggingface.json")
+    if hf_json is not None:  # the whole tokenizers JSON (bitnet-jax's exports): exact, whatever its kind
+        try:
+            tok = Tokenizer(HFTokenizer.from_str(hf_json))
+        except Exception as e:  # noqa: BLE001  (tokenizers raises plain Exceptions)
+            raise TokenizerError(f"{source}: tokenizer.huggingface.json is not a tokenizers JSON "
+                                 f"({' '.join(str(e).split())[:200]})") from None
+    elif model == "llama":
         tok = _spm_from_gguf(meta, source)
     elif model == "gpt2":
         tok = _bpe_from_gguf(meta, source)

@@ -55,8 +55,11 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 
 
 def test_invalid_sampling_argument_is_reported(tiny_dir, capsys):
-    assert main(["generate", "--model", str(tiny_dir), "x", "--top-p", "0"]) == 2
-    assert "top_p" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: checked while parsing, before any output
+        main(["generate", "--model", str(tiny_dir), "x", "--top-p", "0"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "--top-p" in captured.err and "(0, 1]" in captured.err and captured.out == ""
 
 
 def test_perplexity_int8_head_flag(tiny_dir, tmp_path, capsys):
