@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# the command line's persistent compilation cache stays off in tests (no writes to ~/.cache, no global JAX
+# config change); tests of the cache set BITNET_JAX_CACHE for their subprocess
+os.environ.setdefault("BITNET_JAX_CACHE", "off")
+
 import jax
 import jax.numpy as jnp
 import pytest
