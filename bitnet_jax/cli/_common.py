@@ -15,9 +15,11 @@ from typing import Any, Callable
 
 from bitnet_jax.errors import BitNetError
 
+DEFAULT_NAME = "default"
+"""What ``--model`` calls the bundled model (unless a file or directory of that name exists)."""
 MODEL_HELP = ("model directory, GGUF file, or Hugging Face id (org/name, org/name:file.gguf; the local cache first, "
               "HF_HUB_OFFLINE=1 honoured) (default: the bundled 2.4M-parameter model trained on the Python stdlib, "
-              "bitnet_jax/default_model)")
+              f"bitnet_jax/default_model, also named '{DEFAULT_NAME}')")
 
 CACHE_ENV = "BITNET_JAX_CACHE"
 """Environment variable naming the persistent XLA compilation cache directory (``off`` or ``0`` disables it)."""
@@ -79,7 +81,14 @@ def read_prompt_file(name: str) -> str:
 
 def model_name(args: argparse.Namespace) -> str:
     """How the model of ``args`` is named in messages."""
-    return args.model or "the default model"
+    return "the default model" if model_source(args) is None else args.model
+
+
+def model_source(args: argparse.Namespace) -> str | None:
+    """``--model`` as given, or None for the bundled model (no ``--model``, or ``--model default``)."""
+    if args.model is None or (args.model == DEFAULT_NAME and not Path(DEFAULT_NAME).exists()):
+        return None
+    return args.model
 
 
 def cache_dir(args: argparse.Namespace | None = None) -> Path | None:
@@ -122,7 +131,8 @@ def load_model(args: argparse.Namespace) -> Any:
     enable_compile_cache(args)
     import bitnet_jax as bj
 
-    return bj.from_pretrained(args.model or bj.DEFAULT_MODEL, dtype=getattr(args, "dtype", None))
+    source = model_source(args)
+    return bj.from_pretrained(bj.DEFAULT_MODEL if source is None else source, dtype=getattr(args, "dtype", None))
 
 
 def write_flushed(out: Any, text: str) -> None:

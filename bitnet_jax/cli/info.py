@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from bitnet_jax.cli._common import add_model_arguments
+from bitnet_jax.cli._common import add_model_arguments, enable_compile_cache, model_source
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the config fields, the ternary weight count and the resident parameter bytes."""
+    enable_compile_cache(args)
     import jax
     import numpy as np
 
     import bitnet_jax as bj
     from bitnet_jax.io import TernaryTensor, model_from_checkpoint, read_checkpoint
 
-    ckpt = read_checkpoint(args.model or bj.DEFAULT_MODEL)
+    source = model_source(args)
+    ckpt = read_checkpoint(bj.DEFAULT_MODEL if source is None else source)
     model = model_from_checkpoint(ckpt)
     nbytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(model.params))
     print(f"source:      {ckpt.source}")

@@ -68,6 +68,8 @@ def test_info_without_model(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert str(bj.DEFAULT_MODEL) in out and "tokenizer:                yes" in out
+    assert main(["info", "--model", "default"]) == 0  # the bundled model's name on the command line
+    assert capsys.readouterr().out == out
 
 
 # --- prompts: argument, -f FILE, - (stdin); every check before any output -----------------------------------
