@@ -7,6 +7,7 @@ prints one line naming it as an internal error and exits 1. ``--debug`` shows th
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Sequence
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bitnet-jax`` console script."""
     args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit fails the write (a one-line error), not the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return args.func(args)
     except BitNetError as e:
@@ -40,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bitnet-jax: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001  (one line, not a traceback, for anything unexpected)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001  (one line, not a traceback, for anything unexpected; pyo3 panics too)
         if args.debug:
             raise
         print(f"bitnet-jax: internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the "

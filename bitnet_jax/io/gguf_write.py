@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType as T
 
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError, CodecError
-from bitnet_jax.io._atomic import atomic_output
+from bitnet_jax.io._atomic import atomic_output, check_output
 from bitnet_jax.io._codecs import (I2S_LAYOUTS, encode_i2_s, encode_tq1_0, encode_tq2_0, llama_qk_permutation,
                                    permute_rows4, rows4_to_codes)
 from bitnet_jax.io._gguf_file import I2_S
@@ -209,7 +209,7 @@ def _llama_rows(config: ModelConfig, name: str) -> np.ndarray | None:
 
 
 def write_gguf(config: ModelConfig, tensors: dict[str, Any], tokenizer: Any, path: str | Path, quant: str = "i2_s",
-               arch: str | None = None, i2_s_layout: str = "x86") -> Path:
+               arch: str | None = None, i2_s_layout: str = "x86", overwrite: bool = False) -> Path:
     """Write tensors keyed by HF names (ternary ones as :class:`TernaryTensor`) as a GGUF file, atomically.
 
     ``arch`` defaults per family (:func:`choose_arch`); ``i2_s_layout`` (``x86``, ``arm``, ``x86-1x4``)
@@ -221,7 +221,8 @@ def write_gguf(config: ModelConfig, tensors: dict[str, Any], tokenizer: Any, pat
         raise CheckpointError(f"unknown I2_S layout {i2_s_layout!r}; choose one of {tuple(I2S_LAYOUTS)}")
     arch = choose_arch(config, arch)
     names = by_hf(config)
-    with atomic_output(path) as tmp:
+    check_output(path, "gguf", overwrite)  # before any work
+    with atomic_output(path, kind="gguf", overwrite=overwrite) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name("bitnet-jax export")
         _add_hparams(w, config, arch)

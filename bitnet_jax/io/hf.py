@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.config.model import BITNET_SUB_NORMS, ONEBITLLM_SUB_NORMS
 from bitnet_jax.errors import CheckpointError, ConfigError
-from bitnet_jax.io._atomic import atomic_output
+from bitnet_jax.io._atomic import atomic_output, check_output
 from bitnet_jax.io.checkpoint import Checkpoint, TernaryTensor, params_to_tensors
 from bitnet_jax.io.names import ternary_tensors
 
@@ -348,7 +348,7 @@ def _generation_config(path: Path) -> dict[str, Any] | None:
     return load_hf_config_file(f) if f.is_file() else None
 
 
-def write_hf_checkpoint(model, path: str | Path, latent: bool = False) -> Path:
+def write_hf_checkpoint(model, path: str | Path, latent: bool = False, overwrite: bool = False) -> Path:
     """Write a model as a transformers directory (autobitlinear), atomically.
 
     The directory holds ``config.json`` (``BitNetForCausalLM`` with sub-norms, under transformers' names
@@ -372,8 +372,12 @@ def write_hf_checkpoint(model, path: str | Path, latent: bool = False) -> Path:
             tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
     hf_config = config_to_hf(config)
     hf_config["quantization_config"] = quantization_config_to_hf(config, online=latent)
-    with atomic_output(path, directory=True) as tmp:
-        save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
+    check_output(path, "hf", overwrite)  # before any work
+    with atomic_output(path, directory=True, kind="hf", overwrite=overwrite) as tmp:
+        try:
+            save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
+        except SafetensorError as e:
+            raise CheckpointError(f"{path}: cannot write {SINGLE_FILE} ({e})") from None
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         if model.tokenizer is not None:
             model.tokenizer.save(tmp)
