@@ -407,6 +407,8 @@ def _generate_case(rng: random.Random) -> str:
     import bitnet_jax as bj
 
     model = _default_model()
+    valid = dict(max_new_tokens=rng.choice([1, 2, 3]), temperature=rng.choice([0.0, 0.7]), top_k=rng.choice([None, 5]),
+                 top_p=rng.choice([None, 0.9]), seed=rng.randrange(2**63), stop_tokens=rng.choice([None, (), [1]]))
     kwargs = dict(
         max_new_tokens=rng.choice([1, 2, 3, 0, -1, 2**31, 1.5, True, "3", None, 300, np.int64(2)]),
         temperature=rng.choice([0.0, 0.7, 1, -1.0, float("inf"), float("nan"), "1", None, True, 1e30]),
@@ -415,7 +417,11 @@ def _generate_case(rng: random.Random) -> str:
         seed=rng.choice([0, 1, -1, 2**63, 2**70, 1.5, "s", None, True, np.int32(3)]),
         stop_tokens=rng.choice([None, (), [1], ["x"], [2**40], [-1], "abc", 5, [True], [1.5], np.array([2])]),
     )
-    prompts = rng.choice(["hello", "", [[0.5, 1.7]], [1, 2, 3], [[1, 2], [3]], ["a", [1]], [True], [2**40], [-1],
+    for key in kwargs:  # mostly valid arguments, a few hostile ones
+        if rng.random() < 0.7:
+            kwargs[key] = valid[key]
+    prompts = rng.choice(["hello", [1, 2, 3], [[1, 2], [3]], ["hi", [4, 5]]]) if rng.random() < 0.5 else rng.choice([
+                          "hello", "", [[0.5, 1.7]], [1, 2, 3], [[1, 2], [3]], ["a", [1]], [True], [2**40], [-1],
                           np.array([1, 2]), np.array([1.5]), None, 5, [], [[]], [[1, 2], "b"], [np.int64(3)],
                           ["x" * 300], b"abc", {"a": 1}])
     stream = rng.random() < 0.3
@@ -582,8 +588,9 @@ def _worker(base: Path) -> None:
 
 
 def run_cases(cases: list[tuple[str, int]], base: Path, case_seconds: float = CASE_SECONDS,
-              nice: int = 0) -> list[dict]:
-    """Run ``cases`` in a bounded worker subprocess; a hang, crash or out-of-memory worker is restarted."""
+              nice: int = 0, until: float | None = None) -> list[dict]:
+    """Run ``cases`` in a bounded worker subprocess; a hang, crash or out-of-memory worker is restarted.
+    ``until`` (a ``time.monotonic()`` value) stops submitting cases after that time."""
     import select
 
     make_base(base)
@@ -603,7 +610,7 @@ def run_cases(cases: list[tuple[str, int]], base: Path, case_seconds: float = CA
             if line.startswith(PREFIX):
                 return p
 
-    while todo:
+    while todo and (until is None or time.monotonic() < until):
         if proc is None or proc.poll() is not None:
             proc = start()
         kind, seed = todo.pop(0)
