@@ -221,7 +221,8 @@ def read_gguf_checkpoint(path: str | Path, i2_s_layout: str = "x86") -> Checkpoi
         raise CheckpointError(f"{f.path}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     tokenizer = None
     if "tokenizer.ggml.tokens" in f.metadata:
-        from bitnet_jax.io.tokenizer import tokenizer_from_gguf_metadata
+        from bitnet_jax.io.tokenizer import check_vocabulary, tokenizer_from_gguf_metadata
 
         tokenizer = tokenizer_from_gguf_metadata(f.metadata, str(f.path))
+        check_vocabulary(tokenizer.backend, config.vocab_size, str(f.path))
     return Checkpoint(config=config, tensors=tensors, source=str(f.path), tokenizer=tokenizer)

@@ -378,7 +378,8 @@ def _load_and_check(path: Path) -> str:
 
     model = bj.from_pretrained(path, kernel="xla")
     vocab = model.config.vocab_size
-    logits = np.asarray(bj.forward(model, [[i % vocab for i in (1, 2, 3, 4, 5)]]))
+    n = min(5, model.config.max_position_embeddings)
+    logits = np.asarray(bj.forward(model, [[i % vocab for i in (1, 2, 3, 4, 5)[:n]]]))
     if not np.all(np.isfinite(logits)):
         return "nonfinite"
     if model.tokenizer is not None:
