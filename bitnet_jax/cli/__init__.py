@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import warnings
 from typing import Sequence
@@ -81,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         warnings.showwarning = _one_line_warning
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit fails the write (a one-line error), not the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -90,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"bitnet-jax: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001  (one line, not a traceback, for anything unexpected)
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001  (one line, not a traceback, for anything unexpected; pyo3 panics too)
         if _is_broken_pipe(e):
             code = EXIT_BROKEN_PIPE
         else:

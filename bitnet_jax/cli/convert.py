@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = convert(args.input, args.output, to=args.to, quant=args.quant, arch=args.arch,
                   i2_s_layout=args.i2s_layout, src_i2_s_layout=args.input_i2s_layout,
-                  embed_type=args.embed_type)
+                  embed_type=args.embed_type, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -34,4 +34,6 @@ def add_parser(sub) -> None:
                    help="I2_S code layout of the bitnet.cpp build that will read the file (default x86)")
     p.add_argument("--input-i2s-layout", choices=I2S_LAYOUT_NAMES, default="x86",
                    help="I2_S code layout of the build that wrote an input GGUF (files do not record it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model at OUT (anything that is not a model is never replaced)")
     p.set_defaults(func=run)

@@ -61,12 +61,16 @@ def run(args: argparse.Namespace) -> int:
     from bitnet_jax.train import export_run, train
 
     cfg = load_config(config, args.set or ())
+    if args.export:  # refuse a bad output before hours of training
+        from bitnet_jax.io._atomic import check_output
+
+        check_output(args.export, "hf", args.overwrite)
     final = train(cfg, max_steps=args.max_steps)
     lead = jax.process_index() == 0
     if lead:
         print(json.dumps(final))
     if args.export:
-        out = export_run(cfg.checkpoint.dir, args.export)
+        out = export_run(cfg.checkpoint.dir, args.export, overwrite=args.overwrite)
         if lead:
             print(f"exported to {out}")
     return 0
@@ -76,7 +80,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Export a run's checkpoint in one format (default: a packed HF directory)."""
     from bitnet_jax.train import export_run
 
-    print(f"exported to {export_run(args.run, args.out, args.step, args.format)}")
+    print(f"exported to {export_run(args.run, args.out, args.step, args.format, overwrite=args.overwrite)}")
     return 0
 
 
@@ -90,6 +94,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config value")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many new steps")
     p.add_argument("--export", metavar="DIR", default=None, help="export the final model as a packed HF directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model at --export DIR")
     distributed.add_arguments(p)
     p.set_defaults(func=run)
     e = sub.add_parser("export-run", help="export a training run's checkpoint (HF packed or latent, or GGUF)")
@@ -99,4 +104,5 @@ def add_parser(sub) -> None:
     e.add_argument("--format", choices=EXPORT_FORMATS, default="hf",
                    help="hf (packed, default), hf-latent (float latents, quantization_mode online), gguf-i2_s, "
                         "gguf-tq2_0, gguf-tq1_0")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing model at OUT")
     e.set_defaults(func=run_export)

@@ -26,6 +26,15 @@ ONEBITLLM_SUB_NORMS = ("self_attn.inner_attn_ln", "mlp.ffn_layernorm")
 LAYER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
+# Sane upper bounds, checked before anything is allocated or iterated per layer / position / token.
+MAX_LAYERS = 1024
+MAX_DIM = 1 << 20  # hidden, intermediate, head dimensions
+MAX_HEADS = 4096
+MAX_VOCAB = 1 << 24
+MAX_CONTEXT = 1 << 24
+MAX_ROPE_THETA = 1e12
+MAX_EPS = 0.1
+MAX_PATTERNS = 4096
 
 
 def preset_dir() -> Path:
@@ -74,7 +83,12 @@ class ModelConfig(Validated):
         """Ranges and consistency of the dimensions, activation, norms, RoPE and token ids."""
         self.positive_int("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                           "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
-        self.need(self.head_dim is None or self.head_dim > 0, "head_dim", "must be a positive integer or null")
+        for key, bound in (("vocab_size", MAX_VOCAB), ("hidden_size", MAX_DIM), ("intermediate_size", MAX_DIM),
+                           ("num_hidden_layers", MAX_LAYERS), ("num_attention_heads", MAX_HEADS),
+                           ("num_key_value_heads", MAX_HEADS), ("max_position_embeddings", MAX_CONTEXT)):
+            self.need(getattr(self, key) <= bound, key, f"must be at most {bound}")
+        self.need(self.head_dim is None or 0 < self.head_dim <= MAX_DIM, "head_dim",
+                  f"must be a positive integer up to {MAX_DIM} or null")
         if self.head_dim is None:
             self.need(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
                       f"must be divisible by num_attention_heads ({self.num_attention_heads}) when head_dim is not given")
@@ -88,20 +102,25 @@ class ModelConfig(Validated):
                 raise self.fail(key, f"gives {value} rows or columns, which must be divisible by 4 for 2-bit packing")
         self.need(self.hidden_act in HIDDEN_ACTS, "hidden_act", f"must be one of {HIDDEN_ACTS}")
         self.finite_positive("rms_norm_eps", "rope_theta", "linear_rms_norm_eps")
+        for key, bound in (("rms_norm_eps", MAX_EPS), ("linear_rms_norm_eps", MAX_EPS), ("rope_theta", MAX_ROPE_THETA)):
+            self.need(getattr(self, key) <= bound, key, f"must be at most {bound:g}")
         names = self.sub_norm_names
         self.need(len(names) == 2 and names[0].startswith("self_attn.") and names[1].startswith("mlp.")
                   and all(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", n) for n in names),
                   "sub_norm_names", "must be [self_attn.NAME, mlp.NAME] (the attention and FFN sub-norms' names)")
         self._validate_not_convert()
         self.need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
-        for key in ("bos_token_id", "pad_token_id"):
+        for key in ("bos_token_id", "pad_token_id", "eos_token_id"):
             value = getattr(self, key)
-            self.need(value is None or value >= 0, key, "must be a non-negative integer or null")
+            ids = () if value is None else (value,) if isinstance(value, int) else value
+            self.need(all(0 <= i < self.vocab_size for i in ids), key,
+                      f"must be token id(s) inside the vocabulary [0, {self.vocab_size}) or null")
 
     def _validate_not_convert(self) -> None:
         patterns = self.modules_to_not_convert
         if patterns is None:
             return
+        self.need(len(patterns) <= MAX_PATTERNS, "modules_to_not_convert", f"must hold at most {MAX_PATTERNS} patterns")
         for p in patterns:
             self.need(bool(p), "modules_to_not_convert", "must hold non-empty module names or patterns")
             try:

@@ -19,6 +19,7 @@ import numpy as np
 
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import GenerationError
+from bitnet_jax.inference._args import check_generate_args
 from bitnet_jax.inference.sampling import SamplingParams, sample
 from bitnet_jax.model import BitNetModel, KVCache, Transformer, init_cache
 from bitnet_jax.parallel.rules import place_batch
@@ -222,6 +223,7 @@ def generate(
     :func:`default_stop_tokens`, the config's EOS ids and the tokenizer's end-of-turn tokens; pass ``()``
     for none), and that stop token is included in its output.
     """
+    check_generate_args(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     prep = _prepare(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     out = _generate_loop(
         model.params,
@@ -253,6 +255,7 @@ def generate_stream(
 
     Produces exactly the tokens :func:`generate` returns for the same arguments.
     """
+    check_generate_args(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     prep = _prepare(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     module = _module(model)
     state = _prefill_jit(

@@ -101,6 +101,7 @@ class GGUFFile:
     tensors: dict[str, TensorInfo]
     alignment: int
     data: np.ndarray  # the whole file, memory-mapped uint8
+    value_types: dict[str, int] = dataclasses.field(default_factory=dict)  # metadata key -> GGUFValueType
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         """Zero-copy uint8 view of a tensor's bytes (bounds were checked at open)."""
@@ -179,6 +180,13 @@ class _Cursor:
         raise self.fail(field, f"unknown value type {vtype}")
 
 
+def _vtype_name(vtype: int) -> str:
+    try:
+        return GGUFValueType(vtype).name
+    except ValueError:
+        return f"value type {vtype}"
+
+
 def _element_count(dims: tuple[int, ...], cur: _Cursor, field: str) -> int:
     n = 1
     for d in dims:
@@ -228,14 +236,20 @@ def open_gguf(path: str | Path) -> GGUFFile:
     n_tensors = cur.count("tensor_count", 24)  # a tensor entry takes at least 24 bytes
     n_kv = cur.count("kv_count", 13)  # a key/value pair takes at least 13 bytes
     metadata: dict[str, Any] = {}
+    value_types: dict[str, int] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
         if key in metadata:
             raise cur.fail(key, "duplicate metadata key")
         vtype = cur.u32(f"{key} (value type)")
         metadata[key] = cur.value(vtype, key)
+        value_types[key] = vtype
     arch = metadata.get("general.architecture")
+    if "general.architecture" in metadata and value_types["general.architecture"] != GGUFValueType.STRING:
+        raise cur.fail("general.architecture", f"must be a string, is stored as {_vtype_name(value_types['general.architecture'])}")
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if "general.alignment" in metadata and value_types["general.alignment"] != GGUFValueType.UINT32:
+        raise cur.fail("general.alignment", f"must be a UINT32, is stored as {_vtype_name(value_types['general.alignment'])}")
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1) or alignment > (1 << 20):
         raise cur.fail("general.alignment", f"{alignment!r} is not a power of two up to 2**20")
     entries = []
@@ -265,4 +279,9 @@ def open_gguf(path: str | Path) -> GGUFFile:
                 f"data [{start}, {start + nbytes}) lies past the end of the file ({cur.size} bytes)",
             )
         tensors[name] = TensorInfo(name, dims, type_id, start, nbytes)
-    return GGUFFile(path, version, metadata, tensors, alignment, data)
+    ordered = sorted(tensors.values(), key=lambda t: t.offset)
+    for before, after in zip(ordered, ordered[1:]):
+        if after.offset < before.offset + before.nbytes:
+            raise cur.fail(f"tensor {after.name} offset", f"its data overlaps tensor {before.name}'s "
+                           f"[{before.offset}, {before.offset + before.nbytes})")
+    return GGUFFile(path, version, metadata, tensors, alignment, data, value_types)

@@ -24,6 +24,11 @@ from bitnet_jax.model.scan import LAYERS, unstack_layers
 from pallas_kernels import Kernel, PackedWeight, layouts
 
 
+# The largest magnitude a float parameter or ternary scale may hold (float16's largest finite value): beyond
+# it, a norm weight or scale overflows the forward pass to inf/NaN in float32 or bfloat16.
+MAX_PARAM = 65504.0
+
+
 @dataclasses.dataclass(frozen=True)
 class TernaryTensor:
     """A ternary weight ``[out, in]`` kept packed: ``rows4`` codes ``uint8 [out // 4, in]`` and ``scale``.
@@ -68,9 +73,16 @@ def float_tensor(src: str, t: TensorName, value: Any) -> np.ndarray:
         raise CheckpointError(f"{src}: tensor {t.hf} must be a float tensor, found a ternary one")
     if tuple(value.shape) != t.shape:
         raise CheckpointError(f"{src}: tensor {t.hf} has shape {tuple(value.shape)}, expected {t.shape}")
-    arr = np.asarray(value, dtype=np.float32)
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{src}: tensor {t.hf} is not a float tensor ({e})") from None
     if not np.all(np.isfinite(arr)):
-        raise CheckpointError(f"{src}: tensor {t.hf} holds non-finite values")
+        raise CheckpointError(f"{src}: tensor {t.hf} holds non-finite values (NaN or inf)")
+    peak = float(np.max(np.abs(arr))) if arr.size else 0.0
+    if peak > MAX_PARAM:
+        raise CheckpointError(f"{src}: tensor {t.hf} holds {peak:.3g}, beyond the {MAX_PARAM:g} a weight can hold "
+                              "without overflowing the forward pass")
     return arr
 
 
@@ -100,8 +112,9 @@ def checkpoint_to_params(ckpt: Checkpoint, kernel: Kernel) -> dict:
                 raise CheckpointError(f"{src}: tensor {t.hf} is not a ternary weight")
             if value.shape != t.shape:
                 raise CheckpointError(f"{src}: tensor {t.hf} has shape {value.shape}, expected {t.shape}")
-            if not (np.isfinite(value.scale) and value.scale > 0):
-                raise CheckpointError(f"{src}: tensor {t.hf} has an invalid scale {value.scale!r} (must be finite and > 0)")
+            if not (np.isfinite(value.scale) and 0 < value.scale <= MAX_PARAM):
+                raise CheckpointError(f"{src}: tensor {t.hf} has an invalid scale {value.scale!r} "
+                                      f"(must be finite, > 0 and at most {MAX_PARAM:g})")
             invalid = layouts.invalid_code_count(value.codes)
             if invalid:
                 raise CheckpointError(f"{src}: tensor {t.hf} holds {invalid} invalid 2-bit code(s) (3)")

@@ -183,14 +183,23 @@ def read_gguf_checkpoint(path: str | Path, i2_s_layout: str = "x86") -> Checkpoi
     """
     f = open_gguf(path)
     arch = f.metadata.get("general.architecture")
-    if arch not in ARCHS:
+    if not isinstance(arch, str) or arch not in ARCHS:
         raise CheckpointError(f"{f.path}: general.architecture {arch!r} is not supported (expected one of {ARCHS})")
     config = config_from_gguf(f, arch)
     expected = by_gguf(config)
     scale_names = {n for n in f.tensors if n.endswith(".scale")}
     for n in scale_names:
-        if n.removesuffix(".scale") + ".weight" not in f.tensors:
+        weight = n.removesuffix(".scale") + ".weight"
+        if weight not in f.tensors:
             raise CheckpointError(f"{f.path}: tensor {n} has no matching weight tensor")
+        if weight in expected and not expected[weight].ternary:
+            raise CheckpointError(f"{f.path}: tensor {n} scales {weight}, which is not a ternary weight "
+                                  "(only ternary linears carry a .scale tensor)")
+    if scale_names:  # upstream llama.cpp writes one per ternary linear: a missing one would silently be 1.0
+        for gname, t in expected.items():
+            if t.ternary and gname in f.tensors and gname.removesuffix(".weight") + ".scale" not in scale_names:
+                raise CheckpointError(f"{f.path}: missing tensor {gname.removesuffix('.weight')}.scale "
+                                      "(the file's other ternary weights have .scale tensors)")
     tensors: dict[str, Any] = {}
     infos = [t for n, t in f.tensors.items() if n not in scale_names]
     total = sum(t.nbytes for t in infos)
@@ -212,7 +221,8 @@ def read_gguf_checkpoint(path: str | Path, i2_s_layout: str = "x86") -> Checkpoi
         raise CheckpointError(f"{f.path}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     tokenizer = None
     if "tokenizer.ggml.tokens" in f.metadata or "tokenizer.huggingface.json" in f.metadata:
-        from bitnet_jax.io.tokenizer import tokenizer_from_gguf_metadata
+        from bitnet_jax.io.tokenizer import check_vocabulary, tokenizer_from_gguf_metadata
 
         tokenizer = tokenizer_from_gguf_metadata(f.metadata, str(f.path))
+        check_vocabulary(tokenizer.backend, config.vocab_size, str(f.path))
     return Checkpoint(config=config, tensors=tensors, source=str(f.path), tokenizer=tokenizer)

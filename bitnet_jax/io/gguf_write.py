@@ -30,7 +30,7 @@ from gguf import GGMLQuantizationType as T
 
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError, CodecError
-from bitnet_jax.io._atomic import atomic_output
+from bitnet_jax.io._atomic import atomic_output, check_output
 from bitnet_jax.io._codecs import (I2S_LAYOUTS, encode_i2_s, encode_tq1_0, encode_tq2_0, llama_qk_permutation,
                                    permute_rows4, rows4_to_codes)
 from bitnet_jax.io._gguf_file import I2_S
@@ -261,7 +261,8 @@ def _embedding(arr: Any, embed_type: str) -> tuple[np.ndarray, Any]:
 
 
 def write_gguf(config: ModelConfig, tensors: dict[str, Any], tokenizer: Any, path: str | Path, quant: str = "i2_s",
-               arch: str | None = None, i2_s_layout: str = "x86", embed_type: str = "auto") -> Path:
+               arch: str | None = None, i2_s_layout: str = "x86", embed_type: str = "auto",
+               overwrite: bool = False) -> Path:
     """Write tensors keyed by HF names (ternary ones as :class:`TernaryTensor`) as a GGUF file, atomically.
 
     ``arch`` defaults per family (:func:`choose_arch`); ``i2_s_layout`` (``x86``, ``arm``, ``x86-1x4``)
@@ -277,7 +278,8 @@ def write_gguf(config: ModelConfig, tensors: dict[str, Any], tokenizer: Any, pat
     arch = choose_arch(config, arch)
     names = by_hf(config)
     _check_rows(config, tensors, names, quant, i2_s_layout)
-    with atomic_output(path) as tmp:
+    check_output(path, "gguf", overwrite)  # before any work
+    with atomic_output(path, kind="gguf", overwrite=overwrite) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name("bitnet-jax export")
         _add_hparams(w, config, arch)

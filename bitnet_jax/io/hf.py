@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.config.model import BITNET_SUB_NORMS, ONEBITLLM_SUB_NORMS
 from bitnet_jax.errors import CheckpointError, ConfigError
-from bitnet_jax.io._atomic import atomic_output
+from bitnet_jax.io._atomic import atomic_output, check_output
 from bitnet_jax.io.checkpoint import Checkpoint, TernaryTensor, params_to_tensors
 from bitnet_jax.io.names import ternary_tensors
 
@@ -235,31 +235,69 @@ def quantization_config_to_hf(config: ModelConfig, online: bool = False) -> dict
     return qc
 
 
+MAX_SHARD_NAME = 255  # bytes of one file name on common file systems
+# safetensors dtypes a checkpoint tensor may have (NumPy reads all but BF16, which goes through ml_dtypes)
+SAFETENSORS_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index, each entry checked (names and shard file names)."""
+    data = load_hf_config_file(index)
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: weight_map must be a non-empty object of tensor name -> shard file, "
+                              f"got {type(weight_map).__name__}")
+    for name, fname in weight_map.items():
+        if not isinstance(fname, str) or not fname or "\0" in fname:
+            raise CheckpointError(f"{index}: weight_map[{name!r:.80}] must be a shard file name, got {fname!r:.80}")
+        if any(len(part.encode("utf-8", "surrogatepass")) > MAX_SHARD_NAME for part in Path(fname).parts):
+            raise CheckpointError(f"{index}: weight_map[{name!r:.80}]: shard name {fname[:40]!r}... is too long")
+    return weight_map
+
+
+def _safetensors_keys(f: Path) -> list[str]:
+    """The tensor names of a safetensors file, each tensor's dtype checked (errors name the file)."""
+    try:
+        with safe_open(f, framework="numpy") as sf:
+            names = list(sf.keys())
+            for name in names:
+                dtype = sf.get_slice(name).get_dtype()
+                if dtype not in SAFETENSORS_DTYPES:
+                    raise CheckpointError(f"{f}: tensor {name} has dtype {dtype}, which bitnet-jax does not read "
+                                          f"(expected one of {SAFETENSORS_DTYPES})")
+            return names
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{f}: cannot read safetensors header ({e})") from None
+
+
 def _weight_files(path: Path) -> dict[str, Path]:
     """Map each tensor name to the safetensors file holding it."""
     index = path / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: invalid safetensors index ({e})") from None
+        weight_map = _read_index(index)
         files = {}
+        root = path.resolve()
+        checked: dict[Path, set[str]] = {}
         for name, fname in weight_map.items():
-            f = (path / fname).resolve()
-            if path.resolve() not in f.parents:
+            try:
+                f = (path / fname).resolve()
+                exists = f.is_file()
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{index}: shard {fname[:80]!r} for {name} cannot be opened ({e})") from None
+            if root not in f.parents:
                 raise CheckpointError(f"{index}: shard {fname!r} for {name} lies outside the model directory")
-            if not f.is_file():
+            if not exists:
                 raise CheckpointError(f"{index}: shard {fname} (for {name}) does not exist")
+            if f not in checked:
+                checked[f] = set(_safetensors_keys(f))
             files[name] = f
         return files
     single = path / SINGLE_FILE
     if not single.is_file():
         raise CheckpointError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE} found")
-    try:
-        with safe_open(single, framework="numpy") as f:
-            return {name: single for name in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{single}: cannot read safetensors header ({e})") from None
+    return {name: single for name in _safetensors_keys(single)}
 
 
 def _read_tensors(files: dict[str, Path]) -> dict[str, np.ndarray]:
@@ -279,7 +317,9 @@ def _read_tensors(files: dict[str, Path]) -> dict[str, np.ndarray]:
                     except TypeError:  # bfloat16: NumPy has no such dtype; read it through JAX (ml_dtypes)
                         with safe_open(f, framework="flax") as fx:
                             out[name] = np.asarray(fx.get_tensor(name))
-        except (SafetensorError, OSError) as e:
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
             raise CheckpointError(f"{f}: cannot read tensors ({e})") from None
     return out
 
@@ -317,6 +357,11 @@ def read_hf_checkpoint(path: str | Path, latent: bool = False, config: ModelConf
                 raise CheckpointError(
                     f"{path}: tensor {name} is packed uint8 but config.json says quantization_mode is online"
                 )
+            if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+                raise CheckpointError(f"{path}: tensor {name} must be a 2-D float latent weight in online mode, "
+                                      f"got {arr.dtype} {tuple(arr.shape)}")
+            if not np.all(np.isfinite(arr)):
+                raise CheckpointError(f"{path}: tensor {name} holds non-finite values")
             tensors[name] = arr if latent else TernaryTensor.from_latent(arr)
             continue
         if arr.dtype != np.uint8 or arr.ndim != 2:
@@ -348,7 +393,7 @@ def _generation_config(path: Path) -> dict[str, Any] | None:
     return load_hf_config_file(f) if f.is_file() else None
 
 
-def write_hf_checkpoint(model, path: str | Path, latent: bool = False) -> Path:
+def write_hf_checkpoint(model, path: str | Path, latent: bool = False, overwrite: bool = False) -> Path:
     """Write a model as a transformers directory (autobitlinear), atomically.
 
     The directory holds ``config.json`` (``BitNetForCausalLM`` with sub-norms, under transformers' names
@@ -372,8 +417,12 @@ def write_hf_checkpoint(model, path: str | Path, latent: bool = False) -> Path:
             tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
     hf_config = config_to_hf(config)
     hf_config["quantization_config"] = quantization_config_to_hf(config, online=latent)
-    with atomic_output(path, directory=True) as tmp:
-        save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
+    check_output(path, "hf", overwrite)  # before any work
+    with atomic_output(path, directory=True, kind="hf", overwrite=overwrite) as tmp:
+        try:
+            save_file(tensors, str(tmp / SINGLE_FILE), metadata={"format": "pt"})
+        except SafetensorError as e:
+            raise CheckpointError(f"{path}: cannot write {SINGLE_FILE} ({e})") from None
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         if model.tokenizer is not None:
             model.tokenizer.save(tmp)

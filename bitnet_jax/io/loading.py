@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import struct
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from bitnet_jax.errors import CheckpointError
+from bitnet_jax.errors import BitNetError, CheckpointError
 from bitnet_jax.io.checkpoint import Checkpoint, checkpoint_to_params
 from bitnet_jax.model import BitNetModel, Form, stack_layers
 from pallas_kernels import Kernel, select_kernel
@@ -55,16 +56,24 @@ def read_checkpoint(path: str | Path, filename: str | None = None, i2_s_layout: 
     ``i2_s_layout`` names the bitnet.cpp build that wrote a GGUF's I2_S tensors (``x86``, ``arm``, ``x86-1x4``).
     """
     path = local_path(path, filename)
-    fmt = detect_format(path)
-    if fmt == "hf":
-        from bitnet_jax.io.hf import read_hf_checkpoint
+    try:
+        fmt = detect_format(path)
+        if fmt == "hf":
+            from bitnet_jax.io.hf import read_hf_checkpoint
 
-        return read_hf_checkpoint(path)
-    from bitnet_jax.io.gguf import read_gguf_checkpoint
+            return read_hf_checkpoint(path)
+        from bitnet_jax.io.gguf import read_gguf_checkpoint
 
-    if path.is_dir():
-        path = next(iter(sorted(path.glob("*.gguf"))))
-    return read_gguf_checkpoint(path, i2_s_layout)
+        if path.is_dir():
+            path = next(iter(sorted(path.glob("*.gguf"))))
+        return read_gguf_checkpoint(path, i2_s_layout)
+    except BitNetError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeError, RecursionError,
+            OverflowError, struct.error) as e:
+        # a malformed file that slipped past the format's own checks: still one line naming the file
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                              ) from None
 
 
 def release_host_memory() -> None:

@@ -61,10 +61,12 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str | Path, config: ModelConfig | None = None) -> "Tokenizer":
         """Load ``tokenizer.json``; BOS/EOS ids come from ``config`` when given."""
-        try:
-            backend = HFTokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception on malformed files
-            raise TokenizerError(f"{path}: cannot load tokenizer ({e})") from None
+        backend = _guarded("load tokenizer", lambda: HFTokenizer.from_file(str(path)), path)
+        # prompts are encoded one at a time, whole: a file's padding / truncation settings would pad them
+        # (a padding length of 2**63 panics) or cut them silently
+        _guarded("load tokenizer", lambda: (backend.no_padding(), backend.no_truncation()), path)
+        if config is not None:
+            check_vocabulary(backend, config.vocab_size, str(path))
         bos = config.bos_token_id if config else None
         eos = config.eos_token_ids if config else ()
         return cls(backend, bos, eos)
@@ -76,7 +78,9 @@ class Tokenizer:
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         """Token ids of ``text`` (special-token strings are recognised), BOS first if ``add_bos``."""
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        if not isinstance(text, str):
+            raise TokenizerError(f"text to encode must be a string, got {type(text).__name__}")
+        ids = _guarded("encode text", lambda: self.backend.encode(text, add_special_tokens=False).ids)
         if add_bos:
             if self.bos_id is None:
                 raise TokenizerError("add_bos=True but this tokenizer has no BOS token id")
@@ -85,11 +89,34 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids``."""
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        return _guarded("decode ids", lambda: self.backend.decode(ids, skip_special_tokens=skip_special_tokens))
 
     def token_to_id(self, token: str) -> int | None:
         """The id of a token string, or None."""
         return self.backend.token_to_id(token)
+
+
+def _guarded(what: str, call, path: str | Path | None = None):
+    """``call()``, with any failure of the ``tokenizers`` library (a bare Exception, or pyo3's
+    ``PanicException``, a ``BaseException``) as a :class:`TokenizerError`."""
+    try:
+        return call()
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: BLE001  (PanicException derives from BaseException)
+        where = f"{path}: " if path is not None else ""
+        raise TokenizerError(f"{where}cannot {what} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def check_vocabulary(backend: HFTokenizer, vocab_size: int, source: str) -> None:
+    """Every id the tokenizer can produce (vocabulary and added tokens) must lie inside the model's vocabulary."""
+    vocab = _guarded("read the vocabulary", lambda: backend.get_vocab(with_added_tokens=True), source)
+    top = max(vocab.values(), default=-1)
+    if top >= vocab_size:
+        token = next(t for t, i in vocab.items() if i == top)
+        raise TokenizerError(f"{source}: token {token[:40]!r} has id {top}, outside the model's vocabulary "
+                             f"[0, {vocab_size})")
 
 
 # The Llama 3 pre-tokenizer split (tiktoken's ``cl100k``-style pattern with 1-3 digit groups).

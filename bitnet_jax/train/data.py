@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -107,13 +108,15 @@ def encode_document(doc: Document, tok: Tokenizer, packing: str) -> tuple[list[i
     return ids, [True] * len(ids)
 
 
+_STALE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # tempfile's 8 random characters between our prefix/suffix
+
+
 def _remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files left by a preparation that was killed (the atomic writer names them ``.NAME.*.tmp``)."""
-    names = [f"{s}.{f}" for s in SPLITS for f in SPLIT_FILES] + [MANIFEST_FILE, TOKENIZER_FILE]
-    for name in names:
-        for stale in run_dir.glob(f".{name}.*.tmp"):
-            if stale.is_file():
-                stale.unlink(missing_ok=True)
+    """Temporary files left in the run directory by a run that was killed (the atomic writer names them
+    ``.NAME.XXXXXXXX.tmp``: the splits, manifest, tokenizer, metrics and run config)."""
+    for stale in run_dir.glob(".*.tmp"):
+        if _STALE.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
 
 
 def _write_splits(docs: Iterator[Document], val_fraction: float, tok: Tokenizer, packing: str, dtype: np.dtype,
@@ -329,7 +332,7 @@ def prepare_dataset(data: DataConfig, tok_cfg: TokenizerConfig, run_dir: Path, t
     else:
         tok = tokenizer
         if not (run_dir / TOKENIZER_FILE).is_file():
-            tok.backend.save(str(run_dir / TOKENIZER_FILE))  # exports and resumed runs read it
+            write_text(run_dir / TOKENIZER_FILE, tok.backend.to_str())  # exports and resumed runs read it (atomic)
     dtype = token_dtype(tok.vocab_size)
     manifest = _manifest(data, tok, dtype)
     old = read_manifest(run_dir)

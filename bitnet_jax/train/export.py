@@ -27,6 +27,7 @@ from bitnet_jax.config import ModelConfig, TrainConfig
 from bitnet_jax.config.run import EXPORT_FORMATS
 from bitnet_jax.errors import CheckpointError, ConfigError
 from bitnet_jax.io._codecs import I2S_BLOCK, QK_K
+from bitnet_jax.io._atomic import check_output
 from bitnet_jax.io.export import save_pretrained
 from bitnet_jax.io.names import ternary_tensors
 from bitnet_jax.io.tokenizer import Tokenizer
@@ -54,13 +55,13 @@ def check_exports(model_cfg: ModelConfig, formats: tuple[str, ...]) -> None:
                                   f"{block}-weight blocks); drop it for this model")
 
 
-def write_export(latent: BitNetModel, out: Path, fmt: str) -> Path:
-    """Write a training-form model in one export format."""
+def write_export(latent: BitNetModel, out: Path, fmt: str, overwrite: bool = False) -> Path:
+    """Write a training-form model in one export format (an existing model at ``out`` only with ``overwrite``)."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"export format {fmt!r}: choose one of {EXPORT_FORMATS}")
     if fmt.startswith("gguf-"):
-        return save_pretrained(latent, out, format="gguf", quant=fmt.removeprefix("gguf-"))
-    return save_pretrained(latent, out, format="hf", latent=fmt == "hf-latent")
+        return save_pretrained(latent, out, format="gguf", quant=fmt.removeprefix("gguf-"), overwrite=overwrite)
+    return save_pretrained(latent, out, format="hf", latent=fmt == "hf-latent", overwrite=overwrite)
 
 
 def restore_latent_model(run_dir: Path, step: int | None = None) -> BitNetModel:
@@ -84,13 +85,18 @@ def restore_latent_model(run_dir: Path, step: int | None = None) -> BitNetModel:
     return BitNetModel(config, params, tokenizer, form=Form())  # training form: save_pretrained quantizes it
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None, format: str = "hf") -> Path:
-    """Export checkpoint ``step`` (default: the latest) of a training run in ``format`` (default: packed HF)."""
+def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None, format: str = "hf",
+               overwrite: bool = False) -> Path:
+    """Export checkpoint ``step`` (default: the latest) of a training run in ``format`` (default: packed HF);
+    an existing model at ``out_dir`` is replaced only with ``overwrite`` (anything else there is refused)."""
     run_dir = Path(run_dir).expanduser()
-    latent = restore_latent_model(run_dir, step)
     out = Path(out_dir).expanduser().absolute()
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"export format {format!r}: choose one of {EXPORT_FORMATS}")
+    check_output(out, "gguf" if format.startswith("gguf-") else "hf", overwrite)  # before restoring
+    latent = restore_latent_model(run_dir, step)
     if jax.process_index() == 0:  # in a multi-process run every process restores, one writes
-        write_export(latent, out, format)
+        write_export(latent, out, format, overwrite)
     sync_processes("bitnet_jax.train: exported")
     return out
 
@@ -120,8 +126,8 @@ def export_trained(model_cfg: ModelConfig, params: Any, dataset, cfg: TrainConfi
     results: dict[str, Any] = {}
     for fmt in cfg.export.formats:
         path = out_dir / EXPORT_NAMES[fmt]
-        if jax.process_index() == 0:
-            write_export(latent, path, fmt)
+        if jax.process_index() == 0:  # the run's own export directory: its earlier exports are replaced
+            write_export(latent, path, fmt, overwrite=True)
         sync_processes(f"bitnet_jax.train: exported {fmt}")
         results[fmt] = {"path": str(path)}
         if jax.process_count() == 1:

@@ -79,13 +79,13 @@ def test_a_failure_mid_write_leaves_the_old_output(hf_dir, tmp_path, monkeypatch
 
     model = from_pretrained(hf_dir)
     target = tmp_path / "m.gguf"
-    target.write_bytes(b"old")
+    target.write_bytes(b"GGUFold")  # an earlier GGUF (replaced only with overwrite=True)
     from conftest import random_model
 
     # the encoder fails on a tensor after the header and earlier tensors have gone into the temporary file
     with pytest.raises(CheckpointError, match="TQ2_0"):  # 64-wide rows do not fill 256-weight blocks
-        save_pretrained(random_model("tiny"), target, format="gguf", quant="tq2_0")
-    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+        save_pretrained(random_model("tiny"), target, format="gguf", quant="tq2_0", overwrite=True)
+    assert target.read_bytes() == b"GGUFold" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
 
     written = []
 
@@ -94,9 +94,9 @@ def test_a_failure_mid_write_leaves_the_old_output(hf_dir, tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail_after_header)
-    with pytest.raises(OSError, match="disk full"):
-        save_pretrained(model, target, format="gguf", quant="i2_s")
-    assert written and target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    with pytest.raises(CheckpointError, match="disk full"):
+        save_pretrained(model, target, format="gguf", quant="i2_s", overwrite=True)
+    assert written and target.read_bytes() == b"GGUFold" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
 
     out = save_pretrained(model, tmp_path / "hf", format="hf")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -107,8 +107,8 @@ def test_a_failure_mid_write_leaves_the_old_output(hf_dir, tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.numpy, "save_file", partial_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_pretrained(model, out, format="hf")
+    with pytest.raises(CheckpointError, match="disk full"):
+        save_pretrained(model, out, format="hf", overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m.gguf"]
 

@@ -62,10 +62,18 @@ def test_scale_in_blocks_and_scale_tensor_multiply(spec, tmp_path):
     base = read_checkpoint(path).tensors["model.layers.0.mlp.up_proj.weight"]
     q, scale = spec["ternary"]["model.layers.0.mlp.up_proj"]
     assert base.scale == scale
-    both_path = write_reference_gguf(spec, tmp_path / "b.gguf", "tq2_0", extra_scales={"blk.0.ffn_up": 0.5})
+    from gguf_fixtures import LINEARS
+
+    layers = spec["config"].num_hidden_layers
+    scales = {f"blk.{i}.{g}": 1.0 for i in range(layers) for g in LINEARS.values()}
+    both_path = write_reference_gguf(spec, tmp_path / "b.gguf", "tq2_0", extra_scales={**scales, "blk.0.ffn_up": 0.5})
     both = read_checkpoint(both_path).tensors["model.layers.0.mlp.up_proj.weight"]
     np.testing.assert_array_equal(both.codes, base.codes)
     assert both.scale == scale * 0.5
+    # a file whose other ternary weights have .scale tensors but one lacks it is corrupt, not "scale 1.0"
+    partial = write_reference_gguf(spec, tmp_path / "p.gguf", "tq2_0", extra_scales={"blk.0.ffn_up": 0.5})
+    with pytest.raises(CheckpointError, match=r"missing tensor blk\.\d+\.\w+\.scale"):
+        read_checkpoint(partial)
 
 
 def test_unknown_architecture_is_named(spec, tmp_path):
