@@ -71,7 +71,8 @@ def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bo
         return render_chat_template(template, messages, add_generation_prompt, getattr(tokenizer, "special_tokens", {}))
     _check(messages, tuple(ROLES))
     begin, end = BOS, EOT
-    if tokenizer is not None:  # the vocabulary's own special tokens, so the text encodes as encode_chat does
+    if hasattr(tokenizer, "token_to_id") and hasattr(tokenizer, "token_text"):  # a vocabulary: its own special
+        # tokens, so the text encodes as encode_chat does
         begin_id, end_id = chat_special_ids(tokenizer)
         begin = "" if begin_id is None else tokenizer.token_text(begin_id)
         end = tokenizer.token_text(end_id)
