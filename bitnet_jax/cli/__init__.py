@@ -10,10 +10,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from bitnet_jax.cli import chat, convert, generate, info, launch, perplexity, train
+from bitnet_jax.cli import chat, convert, generate, info, launch, perplexity, serve, train
 from bitnet_jax.errors import BitNetError
 
-SUBCOMMANDS = (generate, info, chat, convert, train, perplexity, launch)
+SUBCOMMANDS = (generate, info, chat, convert, train, perplexity, launch, serve)
 
 
 def _one_line(error: BaseException) -> str:
