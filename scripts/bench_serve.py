@@ -11,13 +11,14 @@ llama_cpp.server`` on the same weights run at the same time on 127.0.0.1; for ea
 (1, 4, 8, 16 streaming clients by default) the two servers are driven in turn (the order alternating
 level by level), each level a fresh burst of ``c`` streaming ``/v1/completions`` requests with the same
 prompt, ``--output-tokens`` tokens each, greedy. Per level: aggregate output tokens/s (all streams'
-tokens over the burst's wall time), time to first token (request sent -> first text chunk) and
-inter-token latency (gaps between text chunks) p50/p99. Tokens are counted as text chunks (both servers
-send one per token).
+tokens over the burst's wall time), time to first token (request sent -> first token chunk) and
+inter-token latency (gaps between token chunks) p50/p99. Tokens are counted as stream chunks (both servers
+send one per token, its text possibly empty).
 
 Models: ``default`` (the bundled model, served from its directory; llama.cpp is skipped: its 192-wide
 rows are no multiple of TQ2_0's 256-value blocks) and ``2b4t`` (the BitNet b1.58 2B4T shape with random
-weights and ``--layers`` of its 30 layers, to fit the time; exported as a TQ2_0 GGUF file that both
+weights, ``--layers`` of its 30 layers to fit the time, and SiLU for relu^2 as llama.cpp's ``bitnet``
+graph computes; exported as a TQ2_0 GGUF file that both
 servers load). ``bj.generate`` single-stream decode of the same prompt and length is measured in this
 process for reference (``generate_tokens_per_s``).
 """
@@ -108,7 +109,8 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> dict[st
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0].get("text"):
+            choices = chunk.get("choices") or [{}]
+            if choices[0].get("finish_reason") is None or choices[0].get("text"):  # a token's chunk
                 times.append(time.perf_counter() - t0)
     return {"times": times}
 
@@ -147,7 +149,9 @@ def prepare(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         raise SystemExit(f"--models: unknown model {name!r} (default, 2b4t)")
     config = ModelConfig.preset("bitnet-b1.58-2b-4t")
     full_layers = config.num_hidden_layers
-    config = dataclasses.replace(config, num_hidden_layers=args.layers)
+    # SiLU instead of relu^2: llama.cpp runs BitNet sub-norm models as arch "bitnet", whose graph computes SiLU
+    # (relu^2 + sub-norms is bitnet.cpp's "bitnet-b1.58"); the cost per token is the same
+    config = dataclasses.replace(config, num_hidden_layers=args.layers, hidden_act="silu")
     ckpt = random_checkpoint(config, seed=0)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_cpu import byte_level_tokenizer
@@ -157,7 +161,8 @@ def prepare(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     prompt = "".join(chr(c) for c in rng.integers(ord("a"), ord("z") + 1, args.prompt_tokens))
     return {"ours": str(path), "gguf": str(path), "prompt": prompt, "peer_skipped": None,
             "description": f"the BitNet b1.58 2B4T shape with random weights, {args.layers} of its {full_layers} "
-                           "layers (fewer layers to fit the benchmark's time; per-layer work is the 2B4T's)",
+                           "layers (fewer layers to fit the benchmark's time; per-layer work is the 2B4T's) and SiLU for "
+                           "relu^2 (llama.cpp's 'bitnet' graph; same cost), exported as TQ2_0 GGUF for both servers",
             "shape": {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                       "num_attention_heads", "num_key_value_heads", "vocab_size")}}
 
@@ -224,18 +229,21 @@ def main() -> None:
             if args.no_peer:
                 entry["peer_skipped"] = "--no-peer"
             port = free_port()
-            servers = [Server("bitnet-jax", [sys.executable, "-m", "bitnet_jax.cli", "serve", "--model",
-                                                 info["ours"], "--port", str(port), "--slots", str(args.slots),
-                                                 "--context", str(context), "--max-queue", "256", "--no-warmup"], port,
-                                  tmp / f"ours-{name}.log", "/health")]
-            if not entry["peer_skipped"]:
-                port = free_port()
-                servers.append(Server("llama-cpp-python", [
-                    sys.executable, "-m", "llama_cpp.server", "--model", info["gguf"], "--host", "127.0.0.1",
-                    "--port", str(port), "--n_ctx", str(context), "--n_threads", str(args.threads),
-                    "--n_threads_batch", str(args.threads)], port, tmp / f"peer-{name}.log", "/v1/models"))
-            body = {"prompt": info["prompt"], "max_tokens": args.output_tokens, "temperature": 0, "stream": True}
+            logs = Path(tempfile.gettempdir()) / "bench_serve_logs"
+            logs.mkdir(exist_ok=True)
+            servers = [Server("bitnet-jax", [
+                sys.executable, "-m", "bitnet_jax.cli", "serve", "--model", info["ours"], "--port", str(port),
+                "--slots", str(args.slots), "--context", str(context), "--max-queue", "256", "--no-warmup"], port,
+                logs / f"ours-{name}.log", "/health")]
             try:
+                if not entry["peer_skipped"]:
+                    port = free_port()
+                    servers.append(Server("llama-cpp-python", [  # one request at a time; none interrupts another
+                        sys.executable, "-m", "llama_cpp.server", "--model", info["gguf"], "--host", "127.0.0.1",
+                        "--port", str(port), "--n_ctx", str(context), "--n_threads", str(args.threads),
+                        "--n_threads_batch", str(args.threads), "--interrupt_requests", "False"], port,
+                        logs / f"peer-{name}.log", "/v1/models"))
+                body = {"prompt": info["prompt"], "max_tokens": args.output_tokens, "temperature": 0, "stream": True}
                 for s in servers:  # warm-up
                     asyncio.run(burst(s.url, {**body, "max_tokens": 4}, 2))
                 runs: dict[str, list] = {s.name: [] for s in servers}

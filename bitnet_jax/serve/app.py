@@ -72,6 +72,8 @@ def _parse_common(body: Any, served: str, vocab: int) -> dict[str, Any]:
     if top_k is not None and not 1 <= top_k <= vocab:
         raise ApiError(400, f"'top_k' must be in [1, {vocab}], got {top_k!r}", "top_k")
     seed = _number(body, "seed", None, integer=True)
+    if seed is not None and not -(2**31) <= seed < 2**32:
+        raise ApiError(400, f"'seed' must be in [-2**31, 2**32), got {seed!r}", "seed")
     n = _number(body, "n", 1, integer=True)
     if n != 1:
         raise ApiError(400, f"'n' must be 1 (one choice per request), got {n!r}", "n")
@@ -250,10 +252,10 @@ def create_app(engine: Engine, model_name: str, metrics: Metrics | None = None) 
                 if chat:
                     yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                  "finish_reason": None})
-                count = 0
+                count, failed = 0, False
                 try:
                     async for piece, reason, count in pieces():
-                        if piece:
+                        if piece or reason is None:  # one chunk per token, as OpenAI (text may be "")
                             yield chunk({"index": 0, "delta": {"content": piece}, "logprobs": None,
                                          "finish_reason": None} if chat else
                                         {"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
@@ -261,13 +263,15 @@ def create_app(engine: Engine, model_name: str, metrics: Metrics | None = None) 
                             yield chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason} if chat
                                         else {"index": 0, "text": "", "logprobs": None, "finish_reason": reason})
                 except Exception as e:  # noqa: BLE001  (the request failed inside the engine)
+                    failed = True
                     yield "data: " + json.dumps(ApiError(500, f"generation failed: {type(e).__name__}: {e}",
                                                          kind="server_error").body()) + "\n\n"
-                else:
-                    if params["include_usage"]:
-                        yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk" if chat else
-                                                     "text_completion", "created": int(time.time()),
-                                                     "model": model_name, "choices": [], "usage": usage(count)}) + "\n\n"
+                finally:
+                    handle.cancel()  # at once when the client left mid-stream (the generator is closed)
+                if params["include_usage"] and not failed:
+                    yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk" if chat else
+                                                 "text_completion", "created": int(time.time()),
+                                                 "model": model_name, "choices": [], "usage": usage(count)}) + "\n\n"
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(sse(), media_type="text/event-stream",

@@ -7,7 +7,8 @@ program. Between steps a waiting request is prefilled alone (its prompt right-pa
 bucket, the same buckets as :func:`bitnet_jax.generate`), its keys and values are copied into a free slot
 and its first token is sampled; a slot whose request has finished (stop token, ``max_tokens``, the end of
 the context) or was cancelled is free for the next request at once. Compiled programs: one decode step
-and one prefill per prompt bucket, whatever the traffic (:meth:`Engine.compile_counts`).
+per power-of-two count of leading slots in use (the lowest free slot is filled first) and one prefill per
+prompt bucket, whatever the traffic (:meth:`Engine.compile_counts`).
 
 The engine runs in its own thread; :meth:`Engine.submit` is thread-safe and returns a :class:`Request`
 whose events (tokens, then the finish reason) go to a callback or to a blocking iterator. An exception
@@ -56,13 +57,22 @@ def _sample_slots(logits, keys, temperature, top_k, top_p, greedy):
     return jnp.where(greedy, best, drawn)
 
 
-@functools.partial(jax.jit, static_argnames=("module",), donate_argnames=("cache", "keys"))
-def _decode_slots(params, cache, keys, tokens, positions, temperature, top_k, top_p, greedy, module: Transformer):
-    """One decode step of every slot: the next token ``[S]``, the updated cache and keys."""
-    logits, cache = module.apply({"params": params}, tokens[:, None], positions[:, None], cache)
-    pairs = jax.vmap(jax.random.split)(keys)  # [S, 2, 2]: (carry, draw) as bj.generate splits its key
+@functools.partial(jax.jit, static_argnames=("module", "rows"), donate_argnames=("cache", "keys"))
+def _decode_slots(params, cache, keys, tokens, positions, temperature, top_k, top_p, greedy, module: Transformer,
+                  rows: int):
+    """One decode step of slots ``[0, rows)`` (inputs ``[rows]``): their next tokens, the cache and keys.
+
+    ``rows`` is a power-of-two bucket covering the busy slots (the engine fills the lowest free slot
+    first), so a lightly loaded engine does not pay for the head and layers of idle slots.
+    """
+    axis = 1 if module.form.scan_layers else 0  # the slot axis of the cache arrays
+    part = jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, rows, axis=axis), cache)
+    logits, part = module.apply({"params": params}, tokens[:, None], positions[:, None], part)
+    cache = jax.tree.map(lambda big, small: jax.lax.dynamic_update_slice_in_dim(big, small, 0, axis=axis),
+                         cache, part)
+    pairs = jax.vmap(jax.random.split)(keys[:rows])  # [rows, 2, 2]: (carry, draw) as bj.generate splits its key
     token = _sample_slots(logits[:, -1, :], pairs[:, 1], temperature, top_k, top_p, greedy)
-    return token, cache, pairs[:, 0]
+    return token, cache, keys.at[:rows].set(pairs[:, 0])
 
 
 @functools.partial(jax.jit, static_argnames=("module",), donate_argnames=("cache", "keys"))
@@ -212,8 +222,8 @@ class Engine:
             raise GenerationError(f"prompt has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds the "
                                   f"context of {self.context} tokens")
         SamplingParams.create(temperature, top_k, top_p, self.model.config.vocab_size)  # validates
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise GenerationError(f"seed must be an integer, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not -(2**31) <= seed < 2**32:
+            raise GenerationError(f"seed must be an integer in [-2**31, 2**32), got {seed!r}")
         stops = self.default_stop_ids if stop_ids is None else frozenset(int(t) for t in stop_ids)
         request = Request(ids, max_tokens, float(temperature), top_k, top_p, seed, stops, on_event,
                           id=next(self._ids), submitted_at=time.perf_counter())
@@ -240,10 +250,9 @@ class Engine:
         sizes = sorted({bucket(n, MIN_PROMPT_BUCKET, self.context) for n in range(1, self.context)})
         for size in sizes:
             self._prefill(0, [0] * min(size, self.context - 1), 0.0, None, None, 0)
-        self._step()
-        self._greedy[:] = False
-        self._step()  # the sampling branch too
-        self._greedy[:] = True
+        for rows in self._row_buckets():
+            self._step(rows)
+        self._positions[:] = 0
 
     def compile_counts(self) -> dict[str, int]:
         """How many programs the engine's jitted functions hold (prefill: one per prompt bucket)."""
@@ -291,32 +300,44 @@ class Engine:
             self.metrics.record(name, value, **labels)
 
     def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._stop and not self._waiting and all(r is None for r in self._running):
-                    self._lock.wait(0.5)
-                if self._stop:
-                    return
-                admitted = []
-                for slot in range(self.slots):
-                    if self._running[slot] is None and self._waiting:
-                        request = self._waiting.pop(0)
-                        self._running[slot] = request
-                        admitted.append((slot, request))
-            for slot, request in admitted:
-                self._admit(slot, request)
-            self._reap_cancelled()
-            if any(r is not None for r in self._running):
-                try:
-                    tokens = self._step()
-                except Exception as e:  # noqa: BLE001  (a failed step fails the running requests, not the engine)
-                    for slot, r in enumerate(self._running):
-                        if r is not None:
-                            self._finish(slot, "error", e)
-                    continue
+        while not self._stop:
+            try:
+                self._iterate()
+            except Exception as e:  # noqa: BLE001  (never let the engine thread die: fail what was running)
                 for slot, r in enumerate(self._running):
                     if r is not None:
-                        self._deliver(slot, int(tokens[slot]))
+                        try:
+                            self._finish(slot, "error", e)
+                        except Exception:  # noqa: BLE001
+                            self._running[slot] = None
+
+    def _iterate(self) -> None:
+        """Admit waiting requests into free slots, reap cancelled ones, run one decode step."""
+        with self._lock:
+            while not self._stop and not self._waiting and all(r is None for r in self._running):
+                self._lock.wait(0.5)
+            if self._stop:
+                return
+            admitted = []
+            for slot in range(self.slots):
+                if self._running[slot] is None and self._waiting:
+                    request = self._waiting.pop(0)
+                    self._running[slot] = request
+                    admitted.append((slot, request))
+        for slot, request in admitted:
+            self._admit(slot, request)
+        self._reap_cancelled()
+        if any(r is not None for r in self._running):
+            try:
+                tokens = self._step()
+            except Exception as e:  # noqa: BLE001  (a failed step fails the running requests, not the engine)
+                for slot, r in enumerate(self._running):
+                    if r is not None:
+                        self._finish(slot, "error", e)
+                return
+            for slot, r in enumerate(self._running[: len(tokens)]):
+                if r is not None:
+                    self._deliver(slot, int(tokens[slot]))
 
     def _admit(self, slot: int, request: Request) -> None:
         if request._cancelled:
@@ -347,14 +368,21 @@ class Engine:
         self._positions[slot] = len(prompt)
         return int(token)
 
-    def _step(self) -> np.ndarray:
+    def _row_buckets(self) -> list[int]:
+        return sorted({bucket(n, 1, self.slots) for n in range(1, self.slots + 1)})
+
+    def _step(self, rows: int | None = None) -> np.ndarray:
+        if rows is None:
+            busy = [i for i, r in enumerate(self._running) if r is not None]
+            rows = bucket(busy[-1] + 1, 1, self.slots)
         start = time.perf_counter()
         tokens, self._cache, self._keys = _decode_slots(
-            self.model.params, self._cache, self._keys, self._tokens, self._positions, self._temperature,
-            self._top_k, self._top_p, self._greedy, module=self._module)
+            self.model.params, self._cache, self._keys, self._tokens[:rows], self._positions[:rows],
+            self._temperature[:rows], self._top_k[:rows], self._top_p[:rows], self._greedy[:rows],
+            module=self._module, rows=rows)
         tokens = np.asarray(tokens)
         self.steps += 1
-        self._positions += 1
+        self._positions[:rows] += 1
         self._count("step_seconds", time.perf_counter() - start)
         return tokens
 

@@ -140,6 +140,7 @@ BAD = [
     ({"prompt": "x", "top_k": 0}, "top_k"),
     ({"prompt": "x", "n": 2}, "n"),
     ({"prompt": "x", "seed": 1.5}, "seed"),
+    ({"prompt": "x", "seed": 2**40}, "seed"),
     ({"prompt": "x", "stream": "yes"}, "stream"),
     ({"prompt": "x", "stop": [""]}, "stop"),
 ]
