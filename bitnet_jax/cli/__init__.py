@@ -20,10 +20,10 @@ import sys
 import warnings
 from typing import Sequence
 
-from bitnet_jax.cli import chat, convert, generate, info, launch, perplexity, train
+from bitnet_jax.cli import chat, convert, generate, info, launch, perplexity, serve, train
 from bitnet_jax.errors import BitNetError
 
-SUBCOMMANDS = (generate, info, chat, convert, train, perplexity, launch)
+SUBCOMMANDS = (generate, info, chat, convert, train, perplexity, launch, serve)
 EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C (SIGINT): 128 + 2, as shells report a process SIGINT ended."""
 EXIT_BROKEN_PIPE = 141

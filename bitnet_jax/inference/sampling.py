@@ -46,19 +46,31 @@ class SamplingParams:
         )
 
 
+def _per_row(value: jax.Array, logits: jax.Array) -> jax.Array:
+    """A scalar setting as is; a per-row ``[B]`` setting as ``[B, 1]`` (broadcasts against ``[B, V]``)."""
+    value = jnp.asarray(value)
+    return value[..., None] if value.ndim == logits.ndim - 1 else value
+
+
 def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
-    """Temperature-scale ``logits [B, V]`` and mask (to -inf) what top-k / top-p exclude."""
-    logits = logits.astype(jnp.float32) / params.temperature
+    """Temperature-scale ``logits [B, V]`` and mask (to -inf) what top-k / top-p exclude.
+
+    The settings are scalars, or ``[B]`` arrays (one value per row: the serving engine's slots; a row's
+    ``top_k = V`` and ``top_p = 1`` keep every token)."""
+    logits = logits.astype(jnp.float32) / _per_row(params.temperature, logits)
     if not (params.use_top_k or params.use_top_p):
         return logits
     sorted_desc = -jnp.sort(-logits, axis=-1)
     threshold = jnp.full(logits.shape[:-1] + (1,), -jnp.inf, jnp.float32)
     if params.use_top_k:
-        threshold = jnp.maximum(threshold, jnp.take(sorted_desc, params.top_k - 1, axis=-1)[..., None])
+        index = jnp.broadcast_to(_per_row(params.top_k - 1, logits), threshold.shape)
+        threshold = jnp.maximum(threshold, jnp.take_along_axis(sorted_desc, index, axis=-1))
     if params.use_top_p:
         probs = jax.nn.softmax(sorted_desc, axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted token
-        kept = jnp.where(before < params.top_p, sorted_desc, jnp.inf)  # the first token is always kept
+        top_p = _per_row(params.top_p, logits)
+        # the first token is always kept; top_p = 1 keeps all (a rounded cumsum may reach 1 early)
+        kept = jnp.where((before < top_p) | (top_p >= 1.0), sorted_desc, jnp.inf)
         threshold = jnp.maximum(threshold, jnp.min(kept, axis=-1, keepdims=True))
     return jnp.where(logits >= threshold, logits, -jnp.inf)
 

@@ -1,0 +1,438 @@
+"""The continuous-batching engine: a fixed set of decode slots stepped together by one jitted program.
+
+The KV cache holds ``slots`` rows of ``context`` positions. Each step decodes one token for every slot
+(``[slots]`` tokens at ``[slots]`` positions, per-slot temperature / top-k / top-p / greedy flag as arrays
+and a per-slot RNG key), so requests with different lengths and sampling settings share one compiled
+program. Between steps a waiting request is prefilled alone (its prompt right-padded to a power-of-two
+bucket, the same buckets as :func:`bitnet_jax.generate`), its keys and values are copied into a free slot
+and its first token is sampled; a slot whose request has finished (stop token, ``max_tokens``, the end of
+the context) or was cancelled is free for the next request at once. Compiled programs: one decode step
+per power-of-two count of leading slots in use (the lowest free slot is filled first) and one prefill per
+prompt bucket, whatever the traffic (:meth:`Engine.compile_counts`).
+
+The engine runs in its own thread; :meth:`Engine.submit` is thread-safe and returns a :class:`Request`
+whose events (tokens, then the finish reason) go to a callback or to a blocking iterator. An exception
+inside one request (a failing callback, a bad prefill) fails that request alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bitnet_jax.errors import GenerationError
+from bitnet_jax.inference.generate import MIN_PROMPT_BUCKET, _check_ids, _module, bucket, default_stop_tokens
+from bitnet_jax.inference.sampling import SamplingParams, filter_logits
+from bitnet_jax.model import BitNetModel, Transformer, init_cache
+
+
+class QueueFullError(GenerationError):
+    """The engine's waiting queue is full (HTTP 429)."""
+
+
+class EngineClosedError(GenerationError):
+    """The engine is draining or stopped and takes no new requests (HTTP 503)."""
+
+
+def _sample_slots(logits, keys, temperature, top_k, top_p, greedy):
+    """One token per row of ``logits [S, V]`` with per-row settings ``[S]`` and keys ``[S, 2]``."""
+    best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sampled():
+        params = SamplingParams(temperature, top_k, top_p, greedy=False, use_top_k=True, use_top_p=True)
+        filtered = filter_logits(logits, params)
+        # one key per row, drawn as bj.generate draws a single-row batch
+        return jax.vmap(lambda k, row: jax.random.categorical(k, row[None])[0])(keys, filtered).astype(jnp.int32)
+
+    drawn = jax.lax.cond(jnp.all(greedy), lambda: best, sampled)  # all-greedy steps skip the sort
+    return jnp.where(greedy, best, drawn)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "rows"), donate_argnames=("cache", "keys"))
+def _decode_slots(params, cache, keys, tokens, positions, temperature, top_k, top_p, greedy, module: Transformer,
+                  rows: int):
+    """One decode step of slots ``[0, rows)`` (inputs ``[rows]``): their next tokens, the cache and keys.
+
+    ``rows`` is a power-of-two bucket covering the busy slots (the engine fills the lowest free slot
+    first), so a lightly loaded engine does not pay for the head and layers of idle slots.
+    """
+    axis = 1 if module.form.scan_layers else 0  # the slot axis of the cache arrays
+    part = jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, rows, axis=axis), cache)
+    logits, part = module.apply({"params": params}, tokens[:, None], positions[:, None], part)
+    cache = jax.tree.map(lambda big, small: jax.lax.dynamic_update_slice_in_dim(big, small, 0, axis=axis),
+                         cache, part)
+    pairs = jax.vmap(jax.random.split)(keys[:rows])  # [rows, 2, 2]: (carry, draw) as bj.generate splits its key
+    token = _sample_slots(logits[:, -1, :], pairs[:, 1], temperature, top_k, top_p, greedy)
+    return token, cache, keys.at[:rows].set(pairs[:, 0])
+
+
+@functools.partial(jax.jit, static_argnames=("module",), donate_argnames=("cache", "keys"))
+def _prefill_slot(params, cache, keys, slot, tokens, length, seed_key, temperature, top_k, top_p, greedy,
+                  module: Transformer):
+    """Prefill one prompt ``[1, P]`` (``length`` real tokens) into slot ``slot``; its first token."""
+    local = init_cache(module.config, 1, tokens.shape[1], stacked=module.form.scan_layers)
+    logits, local = module.apply({"params": params}, tokens, None, local, length - 1)
+    carry, draw = jax.random.split(seed_key)
+    token = _sample_slots(logits[:, -1, :], draw[None], temperature, top_k, top_p, greedy)
+
+    def put(big, small):  # big [(L,) S, C, ...], small [(L,) 1, P, ...]
+        lead = big.ndim - 4
+        return jax.lax.dynamic_update_slice(big, small.astype(big.dtype), (0,) * lead + (slot, 0, 0, 0))
+
+    cache = jax.tree.map(put, cache, local)
+    return token[0], cache, keys.at[slot].set(carry)
+
+
+@dataclass
+class Request:
+    """One generation request: prompt ids, limits and sampling settings, and its progress."""
+
+    prompt: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    stop_ids: frozenset[int] = frozenset()
+    on_event: Callable[[str, object], None] | None = None
+    id: int = 0
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: BaseException | None = None
+    submitted_at: float = 0.0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    _cancelled: bool = False
+    _done: threading.Event = field(default_factory=threading.Event)
+    _events: "queue.Queue | None" = None
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this request; its slot is freed before the next decode step."""
+        self._cancelled = True
+
+    @property
+    def done(self) -> bool:
+        """Whether the request has finished (any reason)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> list[int]:
+        """Block until the request finishes; its generated ids (raises the request's error, if any)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.id} did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return list(self.tokens)
+
+    def stream(self, timeout: float | None = None) -> Iterator[int]:
+        """Yield generated ids as they come (a request submitted without ``on_event``)."""
+        if self._events is None:
+            raise GenerationError("stream() needs a request submitted without on_event")
+        while True:
+            kind, value = self._events.get(timeout=timeout)
+            if kind == "token":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+
+    def _emit(self, kind: str, value: object) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, value)
+        else:
+            self._events.put((kind, value))
+
+
+class Engine:
+    """Continuous batching over ``slots`` decode slots of ``context`` positions each (see the module doc)."""
+
+    def __init__(self, model: BitNetModel, *, slots: int = 8, max_queue: int = 64, context: int | None = None,
+                 metrics=None):
+        limit = model.config.max_position_embeddings
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise GenerationError(f"slots must be a positive integer, got {slots!r}")
+        if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 0:
+            raise GenerationError(f"max_queue must be an integer >= 0, got {max_queue!r}")
+        context = limit if context is None else context
+        if not isinstance(context, int) or isinstance(context, bool) or not 2 <= context <= limit:
+            raise GenerationError(f"context must be an integer in [2, {limit}] (the model's context), got {context!r}")
+        self.model, self.slots, self.max_queue, self.context = model, slots, max_queue, context
+        self.metrics = metrics
+        self.default_stop_ids = frozenset(default_stop_tokens(model))
+        self._module = _module(model)
+        self._cache = init_cache(model.config, slots, context, stacked=model.form.scan_layers)
+        self._keys = jnp.zeros((slots, 2), jnp.uint32)
+        vocab = model.config.vocab_size
+        self._tokens = np.zeros(slots, np.int32)
+        self._positions = np.zeros(slots, np.int32)
+        self._temperature = np.ones(slots, np.float32)
+        self._top_k = np.full(slots, vocab, np.int32)
+        self._top_p = np.ones(slots, np.float32)
+        self._greedy = np.ones(slots, bool)
+        self._running: list[Request | None] = [None] * slots
+        self._waiting: list[Request] = []
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+        self._accepting = True
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # -- public API -------------------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        """Start the engine thread (idempotent); returns self."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="bitnet-jax-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown(drain=exc[0] is None)
+
+    def submit(self, prompt: Sequence[int], *, max_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int = 0, stop_ids: Sequence[int] | None = None,
+               on_event: Callable[[str, object], None] | None = None) -> Request:
+        """Queue a request (prompt token ids); raises :class:`QueueFullError` when the queue is full.
+
+        ``stop_ids`` default to the model's stops (:func:`~bitnet_jax.inference.generate.default_stop_tokens`);
+        a generated stop id ends the request and is included in its tokens. ``on_event(kind, value)`` is
+        called from the engine thread with ``("token", id)`` per token and then ``("done", reason)`` or
+        ``("error", exception)``; without it use :meth:`Request.stream` or :meth:`Request.wait`.
+        """
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise GenerationError("prompt is empty")
+        _check_ids(np.asarray(ids), self.model.config, "prompt")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise GenerationError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        if len(ids) + max_tokens > self.context:
+            raise GenerationError(f"prompt has {len(ids)} tokens; with max_tokens={max_tokens} it exceeds the "
+                                  f"context of {self.context} tokens")
+        SamplingParams.create(temperature, top_k, top_p, self.model.config.vocab_size)  # validates
+        if not isinstance(seed, int) or isinstance(seed, bool) or not -(2**31) <= seed < 2**32:
+            raise GenerationError(f"seed must be an integer in [-2**31, 2**32), got {seed!r}")
+        stops = self.default_stop_ids if stop_ids is None else frozenset(int(t) for t in stop_ids)
+        request = Request(ids, max_tokens, float(temperature), top_k, top_p, seed, stops, on_event,
+                          id=next(self._ids), submitted_at=time.perf_counter())
+        if on_event is None:
+            request._events = queue.Queue()
+        with self._lock:
+            if not self._accepting:
+                raise EngineClosedError("the server is shutting down and takes no new requests")
+            if len(self._waiting) >= self.max_queue + self._free_slot_count():
+                self._count("rejected")
+                raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); retry later")
+            self._waiting.append(request)
+            self._lock.notify_all()
+        return request
+
+    def generate(self, prompts: Sequence[Sequence[int]], *, max_tokens: int, **kwargs) -> list[np.ndarray]:
+        """Submit every prompt at once and wait: one int32 array of generated ids per prompt."""
+        self.start()
+        requests = [self.submit(p, max_tokens=max_tokens, **kwargs) for p in prompts]
+        return [np.asarray(r.wait(), np.int32) for r in requests]
+
+    def warmup(self) -> None:
+        """Compile the decode step and every prompt bucket's prefill now (before the engine serves)."""
+        sizes = sorted({bucket(n, MIN_PROMPT_BUCKET, self.context) for n in range(1, self.context)})
+        for size in sizes:
+            self._prefill(0, [0] * min(size, self.context - 1), 0.0, None, None, 0)
+        for rows in self._row_buckets():
+            self._step(rows)
+        self._positions[:] = 0
+
+    def compile_counts(self) -> dict[str, int]:
+        """How many programs the engine's jitted functions hold (prefill: one per prompt bucket)."""
+        return {"decode": _decode_slots._cache_size(), "prefill": _prefill_slot._cache_size()}
+
+    def stats(self) -> dict[str, int]:
+        """``{"slots", "busy", "waiting"}`` now."""
+        with self._lock:
+            return {"slots": self.slots, "busy": self.slots - self._free_slot_count(), "waiting": len(self._waiting)}
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuse new requests; finish (``drain``) or cancel the running and waiting ones; stop the thread."""
+        with self._lock:
+            self._accepting = False
+            if not drain:
+                for r in self._waiting + [r for r in self._running if r is not None]:
+                    r.cancel()
+            self._lock.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive():
+            with self._lock:
+                idle = not self._waiting and all(r is None for r in self._running)
+                if idle:
+                    self._stop = True
+                    self._lock.notify_all()
+            if idle:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                with self._lock:
+                    for r in self._waiting + [r for r in self._running if r is not None]:
+                        r.cancel()
+            time.sleep(0.01)
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- the engine thread --------------------------------------------------------------------------------------
+    def _free_slot_count(self) -> int:
+        return sum(r is None for r in self._running)
+
+    def _count(self, name: str, value: float = 1.0, **labels) -> None:
+        if self.metrics is not None:
+            self.metrics.record(name, value, **labels)
+
+    def _loop(self) -> None:
+        while not self._stop:
+            try:
+                self._iterate()
+            except Exception as e:  # noqa: BLE001  (never let the engine thread die: fail what was running)
+                for slot, r in enumerate(self._running):
+                    if r is not None:
+                        try:
+                            self._finish(slot, "error", e)
+                        except Exception:  # noqa: BLE001
+                            self._running[slot] = None
+
+    def _iterate(self) -> None:
+        """Admit waiting requests into free slots, reap cancelled ones, run one decode step."""
+        with self._lock:
+            while not self._stop and not self._waiting and all(r is None for r in self._running):
+                self._lock.wait(0.5)
+            if self._stop:
+                return
+            admitted = []
+            for slot in range(self.slots):
+                if self._running[slot] is None and self._waiting:
+                    request = self._waiting.pop(0)
+                    self._running[slot] = request
+                    admitted.append((slot, request))
+        for slot, request in admitted:
+            self._admit(slot, request)
+        self._reap_cancelled()
+        if any(r is not None for r in self._running):
+            try:
+                tokens = self._step()
+            except Exception as e:  # noqa: BLE001  (a failed step fails the running requests, not the engine)
+                for slot, r in enumerate(self._running):
+                    if r is not None:
+                        self._finish(slot, "error", e)
+                return
+            for slot, r in enumerate(self._running[: len(tokens)]):
+                if r is not None:
+                    self._deliver(slot, int(tokens[slot]))
+
+    def _admit(self, slot: int, request: Request) -> None:
+        if request._cancelled:
+            self._finish(slot, "cancelled")
+            return
+        try:
+            token = self._prefill(slot, request.prompt, request.temperature, request.top_k, request.top_p,
+                                  request.seed)
+        except Exception as e:  # noqa: BLE001
+            self._finish(slot, "error", e)
+            return
+        self._count("prompt_tokens", len(request.prompt))
+        self._deliver(slot, token)
+
+    def _prefill(self, slot, prompt, temperature, top_k, top_p, seed) -> int:
+        size = bucket(len(prompt), MIN_PROMPT_BUCKET, self.context)
+        tokens = np.zeros((1, size), np.int32)
+        tokens[0, : len(prompt)] = prompt
+        greedy = temperature == 0
+        self._temperature[slot] = 1.0 if greedy else temperature
+        self._top_k[slot] = top_k or self.model.config.vocab_size
+        self._top_p[slot] = 1.0 if top_p is None else top_p
+        self._greedy[slot] = greedy
+        token, self._cache, self._keys = _prefill_slot(
+            self.model.params, self._cache, self._keys, jnp.int32(slot), tokens, np.array([len(prompt)], np.int32),
+            jax.random.PRNGKey(seed), self._temperature[slot:slot + 1], self._top_k[slot:slot + 1],
+            self._top_p[slot:slot + 1], self._greedy[slot:slot + 1], module=self._module)
+        self._positions[slot] = len(prompt)
+        return int(token)
+
+    def _row_buckets(self) -> list[int]:
+        return sorted({bucket(n, 1, self.slots) for n in range(1, self.slots + 1)})
+
+    def _step(self, rows: int | None = None) -> np.ndarray:
+        if rows is None:
+            busy = [i for i, r in enumerate(self._running) if r is not None]
+            rows = bucket(busy[-1] + 1, 1, self.slots)
+        start = time.perf_counter()
+        tokens, self._cache, self._keys = _decode_slots(
+            self.model.params, self._cache, self._keys, self._tokens[:rows], self._positions[:rows],
+            self._temperature[:rows], self._top_k[:rows], self._top_p[:rows], self._greedy[:rows],
+            module=self._module, rows=rows)
+        tokens = np.asarray(tokens)
+        self.steps += 1
+        self._positions[:rows] += 1
+        self._count("step_seconds", time.perf_counter() - start)
+        return tokens
+
+    def _deliver(self, slot: int, token: int) -> None:
+        request = self._running[slot]
+        request.tokens.append(token)
+        self._tokens[slot] = token
+        now = time.perf_counter()
+        if request.first_token_at is None:
+            request.first_token_at = now
+            self._count("ttft", now - request.submitted_at)
+        self._count("generation_tokens")
+        try:
+            request._emit("token", token)
+        except Exception as e:  # noqa: BLE001  (a failing consumer fails its own request only)
+            self._finish(slot, "error", e)
+            return
+        if token in request.stop_ids:
+            self._finish(slot, "stop")
+        elif len(request.tokens) >= request.max_tokens or self._positions[slot] >= self.context:
+            self._finish(slot, "length")
+
+    def _reap_cancelled(self) -> None:
+        for slot, r in enumerate(self._running):
+            if r is not None and r._cancelled:
+                self._finish(slot, "cancelled")
+        with self._lock:
+            gone = [r for r in self._waiting if r._cancelled]
+            self._waiting = [r for r in self._waiting if not r._cancelled]
+        for r in gone:
+            r.finish_reason, r.finished_at = "cancelled", time.perf_counter()
+            self._count("requests", reason="cancelled")
+            r._done.set()
+            try:
+                r._emit("done", "cancelled")
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _finish(self, slot: int, reason: str, error: BaseException | None = None) -> None:
+        request = self._running[slot]
+        with self._lock:
+            self._running[slot] = None
+            self._positions[slot] = 0
+            self._tokens[slot] = 0
+            self._greedy[slot] = True
+            self._lock.notify_all()
+        request.finish_reason, request.error, request.finished_at = reason, error, time.perf_counter()
+        self._count("requests", reason=reason)
+        request._done.set()
+        try:
+            request._emit("error" if error is not None else "done", error if error is not None else reason)
+        except Exception:  # noqa: BLE001  (the consumer is gone; the slot is already free)
+            pass
