@@ -10,13 +10,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bitnet_jax.errors import CheckpointError
-from bitnet_jax.io.checkpoint import Checkpoint, checkpoint_to_params
+from bitnet_jax.io.checkpoint import ALIGN, Checkpoint, aligned_empty, checkpoint_to_params
 from bitnet_jax.model import BitNetModel, Form, stack_layers
 from pallas_kernels import Kernel, select_kernel
 
 GGUF_MAGIC = b"GGUF"
+ADOPT_BYTES = 1 << 20  # host leaves at least this large are adopted by the CPU device (no copy)
 
 
 def detect_format(path: Path) -> str:
@@ -76,15 +78,26 @@ def release_host_memory() -> None:
 
 
 def _to_device(tree: Any) -> Any:
-    """Every NumPy leaf of ``tree`` as a device array, copied one leaf at a time.
+    """Every NumPy leaf of ``tree`` as a device array, one leaf at a time.
 
-    Each host copy is dropped as soon as its device copy exists (and each copy is waited for: a
-    transfer holds its host array until it completes), so the loader's peak memory stays at the
-    checkpoint plus one tensor instead of the checkpoint plus a whole host tree plus a device tree.
+    A large leaf is moved into a 64-byte aligned host buffer (unless it already is one), which the CPU
+    client then adopts without a copy (``jax.device_put``); small leaves are copied. Each host
+    reference is dropped as soon as its device array exists, so the loader's peak memory stays at
+    the checkpoint plus one tensor instead of the checkpoint plus a whole host tree plus a device tree.
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
+    cpu = jax.default_backend() == "cpu"
     for i in range(len(leaves)):
-        leaves[i] = jnp.asarray(leaves[i]).block_until_ready()
+        leaf = leaves[i]
+        if cpu and isinstance(leaf, np.ndarray) and leaf.nbytes >= ADOPT_BYTES:
+            if leaf.ctypes.data % ALIGN or not leaf.flags.c_contiguous or not leaf.flags.writeable:
+                host = aligned_empty(leaf.shape, leaf.dtype)
+                np.copyto(host, leaf)
+                leaf = host
+            leaves[i] = jax.device_put(leaf).block_until_ready()
+        else:
+            leaves[i] = jnp.asarray(leaf).block_until_ready()
+        del leaf
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -93,8 +106,10 @@ def model_from_checkpoint(
 ) -> BitNetModel:
     """Turn a :class:`Checkpoint` into a packed :class:`BitNetModel` for ``kernel`` (default: selected).
 
-    The embedding (and an untied head) are stored in the activation dtype: for a bfloat16 model that
-    halves the largest float tensor, and the head multiplies in that dtype anyway. ``scan_layers``
+    The embedding (and an untied head) are stored in the activation dtype for a bfloat16 model, and for
+    a float32 model in bfloat16 when that holds every value exactly (else float32): either way the
+    exact head multiplies by the table's own values, and a bfloat16 table halves the bytes each decoded
+    token reads (:func:`~bitnet_jax.io.checkpoint.float_tensor`). ``scan_layers``
     stacks the layers' parameters for a model that compiles one layer body. ``to_device=False`` keeps
     NumPy leaves (for conversions that never compute).
     """
@@ -102,10 +117,6 @@ def model_from_checkpoint(
     params = checkpoint_to_params(ckpt, kernel)
     if scan_layers:
         params = stack_layers(params, ckpt.config.num_hidden_layers)
-    table_dtype = jnp.dtype(ckpt.config.dtype)
-    for name in ("embed_tokens", "lm_head"):
-        if name in params:
-            params[name] = params[name].astype(table_dtype, copy=False)
     if to_device:
         params = _to_device(params)
     return BitNetModel(ckpt.config, params, ckpt.tokenizer, form=Form(kernel=kernel, scan_layers=scan_layers))
