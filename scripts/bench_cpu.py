@@ -40,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,6 +140,9 @@ def jax_worker(args: argparse.Namespace) -> dict[str, Any]:
     out["first_generate_s"] = timed([p32], NEW_TOKENS)
     out["one_token_s"] = timed([p32], 1)
     out["programs"] = gen_mod._generate_loop._cache_size()
+    if args.cold:  # the cold run: load and first-token figures only
+        out["rss_bytes"] = memory_status()["rss"]
+        return out
 
     reps = args.inner
     t64 = min(timed([p32], NEW_TOKENS) for _ in range(reps))
@@ -220,12 +224,14 @@ def llamacpp_worker(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def run_worker(args: argparse.Namespace, engine: str, path: Path) -> dict[str, Any]:
+def run_worker(args: argparse.Namespace, engine: str, path: Path, cold: bool = False) -> dict[str, Any]:
     """Run one engine's worker process; its figures, with ``start_to_first_token_s`` from the spawn."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--gguf-path", str(path),
            "--threads", str(args.threads), "--inner", str(args.inner), "--head", args.head]
     if args.scan_layers:
         cmd.append("--scan-layers")
+    if cold:
+        cmd.append("--cold")
     t0 = _now()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
@@ -277,6 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-run", action="store_true", help="only write the I2_S GGUF")
     p.add_argument("--worker", choices=("jax", "llamacpp"), help=argparse.SUPPRESS)
     p.add_argument("--gguf-path", help=argparse.SUPPRESS)
+    p.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -307,7 +314,15 @@ def main() -> None:
         args.bitnet_cpp and Path(args.bitnet_cpp).exists()) else "bitnet.cpp runs are not implemented in this bench yet"
     runs: dict[str, list[dict]] = {"bitnet_jax": [], "cli": [], "llamacpp": []}
     load = [load_average()]
-    for rep in range(args.repeats):
+    cache = Path(args.workdir) / "packed-cache"  # the packed-layout cache: empty for the first (cold) run
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["BITNET_JAX_PACKED_CACHE"] = str(cache)
+    cold = None
+    for rep in range(args.repeats + 1):
+        if rep == 0:
+            cold = run_worker(args, "jax", i2s, cold=True)
+            print("bitnet_jax cold", json.dumps(cold), flush=True)
+            continue
         runs["bitnet_jax"].append(run_worker(args, "jax", i2s))
         print("bitnet_jax", rep, json.dumps(runs["bitnet_jax"][-1]), flush=True)
         if not args.no_cli:
@@ -341,8 +356,11 @@ def main() -> None:
                   "preset": None if args.gguf else args.preset, "weights": "random" if not args.gguf else "file"},
         "repeats": args.repeats,
         "inner": args.inner,
+        "packed_cache": "cold run: empty packed-layout cache (first load decodes and repacks the GGUF); "
+                        "runs/summary: warm cache",
+        "bitnet_jax_cold": cold,
         "summary": summary,
-        "ratios_vs_llamacpp": {k: ratio(k) for k in ("decode_tok_s", "prefill128_tok_s")},
+        "ratios_vs_llamacpp": {k: ratio(k) for k in ("decode_tok_s", "prefill128_tok_s", "load_s")},
         "start_to_first_token_over_llamacpp": (round(ours["start_to_first_token_s"] / peer["start_to_first_token_s"], 3)
                                                if peer.get("start_to_first_token_s") else None),
         "rss_over_model_bytes": round(ours["rss_bytes"] / ours["model_bytes"], 3),
