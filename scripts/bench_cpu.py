@@ -12,7 +12,9 @@ the depth) with a byte-level tokenizer into ``--workdir`` (reused when present) 
 ``bj.convert`` to TQ2_0 for llama.cpp: both engines read the same codes and scales.
 
 Every engine runs in a fresh process per repeat, interleaved (ours, the CLI, llama.cpp, ours, ...), so
-each sees the same machine load; a process's figures:
+each sees the same machine load. Ours first runs once with an empty packed-layout cache
+(``bitnet_jax_cold``: load and first-token figures only); the repeats then find it filled (warm).
+A process's figures:
 
 * ``start_to_first_token_s``: from the parent's ``Popen`` to the first token of a 32-token prompt
   (ours: the first step of ``generate_stream``, what the CLI streams; llama.cpp: ``Llama(...)`` then
@@ -26,6 +28,8 @@ each sees the same machine load; a process's figures:
 * ``prefill128_tok_s``: ``128 / t(generate(prompt of 128, max_new_tokens=1))`` (llama.cpp: ``eval`` of
   the 128 tokens);
 * ``batch{4,8}_decode_tok_s``: aggregate decode tokens/s of ``generate`` over 4 / 8 rows (ours only);
+* CLI: ``process_s``, the whole ``bitnet-jax generate`` process, 64 new tokens (``start_to_first_output_s``
+  is its first stdout byte, which can be the echoed prompt rather than the first token);
 * memory: ``rss_bytes`` (VmRSS) at the end, ``peak_rss_load_bytes`` (VmHWM after loading) and
   ``rss_after_load_bytes``; ``model_bytes`` is the packed body + head as held in memory.
 

@@ -1,10 +1,10 @@
-"""Benchmark CPU inference: whole-model decode and prefill tokens/s, resident memory, llama.cpp side by side.
+"""Benchmark the hand-built CPU step (a jitted decode step, exact cache, donated buffers) against llama.cpp.
 
 Usage::
 
-    python scripts/bench_cpu.py --json benchmarks/results/cpu_2b4t.json          # 2B4T shape, random weights
-    python scripts/bench_cpu.py --head int8                                       # the quantized head
-    python scripts/bench_cpu.py --model path/to/checkpoint --threads 2
+    python scripts/bench_cpu_step.py --json benchmarks/results/cpu_2b4t.json          # 2B4T shape, random weights
+    python scripts/bench_cpu_step.py --head int8                                       # the quantized head
+    python scripts/bench_cpu_step.py --model path/to/checkpoint --threads 2
 
 Decode runs one jitted single-token step per token with a host sync after each (as llama.cpp's
 ``tg``); prefill is one jitted call over ``--prompt-len`` tokens that fills the KV cache and returns the
