@@ -132,10 +132,10 @@ def decode_rate(model, prompt_len: int = 32) -> dict:
     """Batch-1 decode tokens/s: (n2 - n1) / (t(n2) - t(n1)) with n1, n2 in one output bucket (one
     compiled program), so prefill, dispatch and sampling of the first token cancel out."""
     from bitnet_jax import generate
-    from bitnet_jax.inference.generate import MIN_OUTPUT_BUCKET, bucket
+    from bitnet_jax.inference.generate import MIN_CACHE_BUCKET, bucket
 
     n2 = min(250, model.config.max_position_embeddings - prompt_len)
-    n1 = max(n2 - 120, bucket(n2, MIN_OUTPUT_BUCKET) // 2 + 1)
+    n1 = max(n2 - 120, bucket(prompt_len + n2, MIN_CACHE_BUCKET) // 2 + 1 - prompt_len)
 
     prompt = [int(t) for t in np.random.default_rng(0).integers(0, model.config.vocab_size, prompt_len)]
     t0 = time.perf_counter()

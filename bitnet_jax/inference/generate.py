@@ -2,9 +2,11 @@
 
 Generation = one prefill over the prompts (right-padded to a length bucket) and a ``lax.while_loop``
 of single-token decode steps, all inside one ``jax.jit``; the loop carries a :class:`SamplerState`.
-Static shapes: prompt bucket ``P`` (power of two, at least 16), output bucket, cache length
-``P + output bucket``; a new prompt length or ``max_new_tokens`` inside the same buckets reuses the
-compiled program. Each row keeps its own position, so prompts of different lengths share a batch.
+Static shapes: prompt bucket ``P`` (power of two, at least 16) and cache length ``S`` (power of two,
+at least ``MIN_CACHE_BUCKET``, holding ``P + max_new_tokens``); the output holds ``S - P`` tokens and
+the loop stops after ``max_new_tokens`` (a traced value). Every ``max_new_tokens`` that fits the same
+``S`` -- a one-token call included -- reuses the compiled program (:func:`generate_stream`'s prefill
+and decode step likewise). Each row keeps its own position, so prompts of different lengths share a batch.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bitnet_jax.model import BitNetModel, KVCache, Transformer, init_cache
 from bitnet_jax.parallel.rules import place_batch
 
 MIN_PROMPT_BUCKET = 16
-MIN_OUTPUT_BUCKET = 16
+MIN_CACHE_BUCKET = 128  # cache slots: a 32-token prompt serves every max_new_tokens <= 96 with one program
 PAD_ID = -1
 
 Prompt = str | Sequence[int]
@@ -180,8 +182,10 @@ def _prepare(model: BitNetModel, prompts, max_new_tokens, temperature, top_k, to
             )
     longest = max(len(p) for p in ids)
     prompt_len = bucket(longest, MIN_PROMPT_BUCKET, context)
-    out_len = bucket(max_new_tokens, MIN_OUTPUT_BUCKET)
-    cache_len = min(prompt_len + out_len, context)
+    cache_len = bucket(prompt_len + max_new_tokens, MIN_CACHE_BUCKET, context)
+    # a cache capped at the context can be shorter than the padded prompt plus the output; each row's
+    # own prompt plus max_new_tokens still fits it (checked above)
+    out_len = max(cache_len - prompt_len, max_new_tokens)
     tokens = np.zeros((len(ids), prompt_len), np.int32)
     for i, p in enumerate(ids):
         tokens[i, : len(p)] = p

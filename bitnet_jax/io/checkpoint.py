@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bitnet_jax.config import ModelConfig
@@ -67,23 +68,65 @@ class Checkpoint:
     tokenizer: Any = None
 
 
-def float_tensor(src: str, t: TensorName, value: Any) -> np.ndarray:
-    """A checkpoint's float tensor ``t`` as float32, checked (not ternary, shape, finite)."""
+ALIGN = 64  # XLA's CPU client adopts a host buffer this aligned without copying it (jax.device_put)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array whose data starts on an ``ALIGN``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    offset = (-raw.ctypes.data) % ALIGN
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+TABLES = ("embed_tokens", "lm_head")  # the [vocab, hidden] tables (embedding, untied head)
+CHUNK_ROWS = 4096  # rows converted at a time: temporaries stay small even for a 128256-row table
+
+
+def float_tensor(src: str, t: TensorName, value: Any, dtype: Any = np.float32) -> np.ndarray:
+    """A checkpoint's float tensor ``t`` as ``dtype``, checked (not ternary, shape, finite).
+
+    Converted in chunks of rows, so a 2-byte tensor (a memory-mapped F16 table, say) never exists as a
+    whole float32 copy. ``dtype="table"`` picks bfloat16 when every value is exactly a bfloat16 (a
+    table exported from a bfloat16 model: the exact head then reads half the bytes), else float32.
+    """
     if isinstance(value, TernaryTensor):
         raise CheckpointError(f"{src}: tensor {t.hf} must be a float tensor, found a ternary one")
     if tuple(value.shape) != t.shape:
         raise CheckpointError(f"{src}: tensor {t.hf} has shape {tuple(value.shape)}, expected {t.shape}")
     try:
-        arr = np.asarray(value, dtype=np.float32)
+        bf16 = np.dtype(jnp.bfloat16)
+        want = bf16 if isinstance(dtype, str) and dtype == "table" else np.dtype(dtype)
+        if np.ndim(value) < 2 or np.dtype(getattr(value, "dtype", np.float32)) == want:
+            arr = np.asarray(value).astype(want, copy=False)
+            _check_values(src, t, arr.astype(np.float32, copy=False))
+            return arr
+        out = aligned_empty(t.shape, want)
+        for start in range(0, t.shape[0], CHUNK_ROWS):
+            rows = slice(start, start + CHUNK_ROWS)
+            chunk = np.asarray(value[rows], dtype=np.float32)
+            _check_values(src, t, chunk)
+            conv = chunk.astype(want)
+            if dtype == "table" and want == bf16 and not np.array_equal(conv.astype(np.float32), chunk):
+                wide = aligned_empty(t.shape, np.float32)  # not a bfloat16 table: keep it exact in float32
+                wide[:start] = out[:start]
+                out, want = wide, np.dtype(np.float32)
+                conv = chunk
+            out[rows] = conv
+        return out
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{src}: tensor {t.hf} is not a float tensor ({e})") from None
+
+
+def _check_values(src: str, t: TensorName, arr: np.ndarray) -> None:
+    """Refuse non-finite values and magnitudes the forward pass cannot hold (a float32 view of ``t``)."""
     if not np.all(np.isfinite(arr)):
         raise CheckpointError(f"{src}: tensor {t.hf} holds non-finite values (NaN or inf)")
     peak = float(np.max(np.abs(arr))) if arr.size else 0.0
     if peak > MAX_PARAM:
         raise CheckpointError(f"{src}: tensor {t.hf} holds {peak:.3g}, beyond the {MAX_PARAM:g} a weight can hold "
                               "without overflowing the forward pass")
-    return arr
 
 
 def check_no_extra(src: str, tensors: dict[str, Any], expected: set[str]) -> None:
@@ -123,7 +166,9 @@ def checkpoint_to_params(ckpt: Checkpoint, kernel: Kernel) -> dict:
             set_node(params, t.path + ("weight_packed",), packed)
             set_node(params, t.path + ("weight_scale",), np.float32(value.scale))
             continue
-        set_node(params, t.path, float_tensor(src, t, value))
+        table = len(t.path) == 1 and t.path[0] in TABLES
+        dtype = ("table" if np.dtype(config.dtype) == np.float32 else config.dtype) if table else np.float32
+        set_node(params, t.path, float_tensor(src, t, value, dtype))
     check_no_extra(src, tensors, expected)
     return params
 

@@ -5,19 +5,27 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import hashlib
+import json
+import os
+import pickle
 import struct
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bitnet_jax.errors import BitNetError, CheckpointError
-from bitnet_jax.io.checkpoint import Checkpoint, checkpoint_to_params
+from bitnet_jax.io.checkpoint import ALIGN, Checkpoint, aligned_empty, checkpoint_to_params
 from bitnet_jax.model import BitNetModel, Form, stack_layers
 from pallas_kernels import Kernel, select_kernel
 
 GGUF_MAGIC = b"GGUF"
+PACKED_CACHE_ENV = "BITNET_JAX_PACKED_CACHE"  # a directory, or "0" / "off" to disable the cache
+PACKED_CACHE_FORMAT = 1
+ADOPT_BYTES = 1 << 20  # host leaves at least this large are adopted by the CPU device (no copy)
 
 
 def detect_format(path: Path) -> str:
@@ -85,15 +93,26 @@ def release_host_memory() -> None:
 
 
 def _to_device(tree: Any) -> Any:
-    """Every NumPy leaf of ``tree`` as a device array, copied one leaf at a time.
+    """Every NumPy leaf of ``tree`` as a device array, one leaf at a time.
 
-    Each host copy is dropped as soon as its device copy exists (and each copy is waited for: a
-    transfer holds its host array until it completes), so the loader's peak memory stays at the
-    checkpoint plus one tensor instead of the checkpoint plus a whole host tree plus a device tree.
+    A large leaf is moved into a 64-byte aligned host buffer (unless it already is one), which the CPU
+    client then adopts without a copy (``jax.device_put``); small leaves are copied. Each host
+    reference is dropped as soon as its device array exists, so the loader's peak memory stays at
+    the checkpoint plus one tensor instead of the checkpoint plus a whole host tree plus a device tree.
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
+    cpu = jax.default_backend() == "cpu"
     for i in range(len(leaves)):
-        leaves[i] = jnp.asarray(leaves[i]).block_until_ready()
+        leaf = leaves[i]
+        if cpu and isinstance(leaf, np.ndarray) and leaf.nbytes >= ADOPT_BYTES:
+            if leaf.ctypes.data % ALIGN or not leaf.flags.c_contiguous or not leaf.flags.writeable:
+                host = aligned_empty(leaf.shape, leaf.dtype)
+                np.copyto(host, leaf)
+                leaf = host
+            leaves[i] = jax.device_put(leaf).block_until_ready()
+        else:
+            leaves[i] = jnp.asarray(leaf).block_until_ready()
+        del leaf
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -102,8 +121,10 @@ def model_from_checkpoint(
 ) -> BitNetModel:
     """Turn a :class:`Checkpoint` into a packed :class:`BitNetModel` for ``kernel`` (default: selected).
 
-    The embedding (and an untied head) are stored in the activation dtype: for a bfloat16 model that
-    halves the largest float tensor, and the head multiplies in that dtype anyway. ``scan_layers``
+    The embedding (and an untied head) are stored in the activation dtype for a bfloat16 model, and for
+    a float32 model in bfloat16 when that holds every value exactly (else float32): either way the
+    exact head multiplies by the table's own values, and a bfloat16 table halves the bytes each decoded
+    token reads (:func:`~bitnet_jax.io.checkpoint.float_tensor`). ``scan_layers``
     stacks the layers' parameters for a model that compiles one layer body. ``to_device=False`` keeps
     NumPy leaves (for conversions that never compute).
     """
@@ -111,13 +132,60 @@ def model_from_checkpoint(
     params = checkpoint_to_params(ckpt, kernel)
     if scan_layers:
         params = stack_layers(params, ckpt.config.num_hidden_layers)
-    table_dtype = jnp.dtype(ckpt.config.dtype)
-    for name in ("embed_tokens", "lm_head"):
-        if name in params:
-            params[name] = params[name].astype(table_dtype, copy=False)
     if to_device:
         params = _to_device(params)
     return BitNetModel(ckpt.config, params, ckpt.tokenizer, form=Form(kernel=kernel, scan_layers=scan_layers))
+
+
+def packed_cache_dir() -> Path | None:
+    """Where packed-layout caches live: ``$BITNET_JAX_PACKED_CACHE`` (``0``/``off`` disables), else
+    ``$XDG_CACHE_HOME/bitnet_jax/packed`` (``~/.cache/bitnet_jax/packed``)."""
+    env = os.environ.get(PACKED_CACHE_ENV)
+    if env is not None and env.strip().lower() in ("0", "off", "false", "no", ""):
+        return None
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "bitnet_jax" / "packed"
+
+
+def _source_key(path: Path, **options: Any) -> str:
+    """A key naming the checkpoint's bytes (every file's path, size and mtime) and the load options."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    blob = json.dumps({"format": PACKED_CACHE_FORMAT, "files": stats, **options}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _save_packed(entry: Path, model: BitNetModel) -> None:
+    """Write ``model``'s parameters (one ``.npy`` per leaf) and its config/tokenizer into ``entry``."""
+    from bitnet_jax.io._atomic import atomic_output
+
+    leaves, treedef = jax.tree_util.tree_flatten(model.params)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(entry, directory=True) as tmp:
+        dtypes = []
+        for i, leaf in enumerate(leaves):
+            arr = np.asarray(leaf)
+            dtypes.append(str(arr.dtype))
+            if arr.dtype.kind == "V" or arr.dtype == jnp.bfloat16:  # .npy has no bfloat16: store the bits
+                arr = arr.view(np.uint16)
+            np.save(tmp / f"{i}.npy", arr)
+        with open(tmp / "model.pkl", "wb") as f:
+            pickle.dump({"config": model.config, "tokenizer": model.tokenizer, "treedef": treedef,
+                         "dtypes": dtypes}, f)
+
+
+def _load_packed(entry: Path, kernel: Kernel, scan_layers: bool) -> BitNetModel | None:
+    """The model cached in ``entry`` (leaves memory-mapped copy-on-write and adopted without a copy),
+    or None when the entry is unreadable."""
+    try:
+        with open(entry / "model.pkl", "rb") as f:
+            meta = pickle.load(f)
+        leaves = [np.load(entry / f"{i}.npy", mmap_mode="c").view(jnp.dtype(dt)) for i, dt in enumerate(meta["dtypes"])]
+    except (OSError, ValueError, TypeError, EOFError, pickle.UnpicklingError, KeyError, AttributeError, ImportError):
+        return None
+    params = _to_device(jax.tree_util.tree_unflatten(meta["treedef"], leaves))
+    return BitNetModel(meta["config"], params, meta["tokenizer"], form=Form(kernel=kernel, scan_layers=scan_layers))
 
 
 def _read_with_dtype(path: str | Path, dtype: str | None, **read: Any) -> Checkpoint:
@@ -129,7 +197,7 @@ def _read_with_dtype(path: str | Path, dtype: str | None, **read: Any) -> Checkp
 
 def from_pretrained(
     path: str | Path, *, dtype: str | None = None, kernel: str | Kernel | None = None, scan_layers: bool = False,
-    filename: str | None = None, i2_s_layout: str = "x86",
+    filename: str | None = None, i2_s_layout: str = "x86", packed_cache: bool = True,
 ) -> BitNetModel:
     """Load a BitNet b1.58 model of any family (transformers directory, GGUF file, or a Hugging Face id
     such as ``microsoft/bitnet-b1.58-2B-4T`` / ``org/name:file.gguf``), ternary weights kept packed.
@@ -143,14 +211,39 @@ def from_pretrained(
     layer body instead of one per layer (same outputs, much less compiled code). The checkpoint's host
     copies are freed (and the freed heap returned to the OS) before this returns.
 
+    ``packed_cache`` (default on): the parameters in the kernel's layout are kept on disk in
+    :func:`packed_cache_dir` (``$BITNET_JAX_PACKED_CACHE``; ``0`` disables it), keyed by the files'
+    paths, sizes and modification times and the load options; a later load of the same checkpoint
+    memory-maps them instead of decoding and repacking (seconds for the 2B4T model). Delete the
+    directory to reclaim the space.
+
     >>> import bitnet_jax as bj
     >>> model = bj.from_pretrained(bj.DEFAULT_MODEL)
     >>> model.config.num_hidden_layers
     4
     """
     chosen = kernel if isinstance(kernel, Kernel) else select_kernel(kernel)
+    cache = packed_cache_dir() if packed_cache else None
+    entry = None
+    if cache is not None:
+        source = local_path(path, filename)
+        if source.exists():
+            entry = cache / _source_key(source, kernel=chosen.name, layout=chosen.layout.name, dtype=dtype,
+                                        scan_layers=scan_layers, i2_s_layout=i2_s_layout)
+            if entry.is_dir():
+                model = _load_packed(entry, chosen, scan_layers)
+                if model is not None:
+                    return model
     # no local name holds the checkpoint: it is freed as soon as the conversion returns
     model = model_from_checkpoint(_read_with_dtype(path, dtype, filename=filename, i2_s_layout=i2_s_layout),
                                   chosen, scan_layers)
     release_host_memory()
+    if entry is not None:
+        try:
+            _save_packed(entry, model)
+        except OSError as e:  # a read-only or full cache directory: loading still succeeded
+            import warnings
+
+            warnings.warn(f"bitnet-jax: could not write the packed-layout cache {entry}: {e}", RuntimeWarning,
+                          stacklevel=2)
     return model

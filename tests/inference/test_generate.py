@@ -86,7 +86,9 @@ def test_no_recompile_within_a_bucket(tiny_model):
     size = gen._generate_loop._cache_size()
     bj.generate(tiny_model, [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]] * batch, max_new_tokens=12, stop_tokens=())
     bj.generate(tiny_model, [[4, 4]] * batch, max_new_tokens=16, temperature=0.0, stop_tokens=[3])
+    one = bj.generate(tiny_model, [[1, 2, 3]] * batch, max_new_tokens=1, stop_tokens=())  # a one-token call
     assert gen._generate_loop._cache_size() == size
+    assert [len(r) for r in one] == [1] * batch
     bj.generate(tiny_model, [list(range(1, 30))] * batch, max_new_tokens=5, stop_tokens=())  # next prompt bucket
     assert gen._generate_loop._cache_size() == size + 1
 

@@ -1,4 +1,4 @@
-"""scripts/bench_cpu.py end to end on small models: the JSON record, and the llama.cpp worker when installed.
+"""scripts/bench_cpu_step.py (the hand-built jitted step) end to end on small models: the JSON record, and the llama.cpp worker when installed.
 
 Only the record's shape and consistency are checked here; the numbers belong in benchmarks/results/.
 """
@@ -19,7 +19,7 @@ from bitnet_jax.io.hf import write_hf_checkpoint
 from bitnet_jax.io.loading import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "scripts" / "bench_cpu.py"
+BENCH = ROOT / "scripts" / "bench_cpu_step.py"
 QUICK = ["--prompt-len", "16", "--decode-tokens", "4", "--repeats", "2", "--threads", "2"]
 
 
