@@ -114,8 +114,9 @@ _STALE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # tempfile's 8 random charac
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Temporary files left in the run directory by a run that was killed (the atomic writer names them
     ``.NAME.XXXXXXXX.tmp``: the splits, manifest, tokenizer, metrics and run config)."""
+    ours = tuple(f".{s}.{f}." for s in SPLITS for f in SPLIT_FILES) + (f".{MANIFEST_FILE}.", f".{TOKENIZER_FILE}.")
     for stale in run_dir.glob(".*.tmp"):
-        if _STALE.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
+        if (stale.name.startswith(ours) or _STALE.fullmatch(stale.name)) and stale.is_file() and not stale.is_symlink():
             stale.unlink(missing_ok=True)
 
 
