@@ -7,6 +7,7 @@ import os
 # the command line's persistent compilation cache stays off in tests (no writes to ~/.cache, no global JAX
 # config change); tests of the cache set BITNET_JAX_CACHE for their subprocess
 os.environ.setdefault("BITNET_JAX_CACHE", "off")
+os.environ.setdefault("BITNET_JAX_PACKED_CACHE", "off")  # likewise from_pretrained's packed-layout cache
 
 import jax
 import jax.numpy as jnp

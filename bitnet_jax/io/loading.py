@@ -24,6 +24,8 @@ from pallas_kernels import Kernel, select_kernel
 
 GGUF_MAGIC = b"GGUF"
 PACKED_CACHE_ENV = "BITNET_JAX_PACKED_CACHE"  # a directory, or "0" / "off" to disable the cache
+PACKED_CACHE_MIN_BYTES = 256 << 20
+"""Checkpoints at least this large are cached by default (smaller ones decode in well under a second)."""
 PACKED_CACHE_FORMAT = 1
 ADOPT_BYTES = 1 << 20  # host leaves at least this large are adopted by the CPU device (no copy)
 
@@ -156,6 +158,14 @@ def _source_key(path: Path, **options: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def _checkpoint_bytes(path: Path) -> int:
+    """The size of a checkpoint file, or of every file in a checkpoint directory."""
+    try:
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _save_packed(entry: Path, model: BitNetModel) -> None:
     """Write ``model``'s parameters (one ``.npy`` per leaf) and its config/tokenizer into ``entry``."""
     from bitnet_jax.io._atomic import atomic_output
@@ -197,7 +207,7 @@ def _read_with_dtype(path: str | Path, dtype: str | None, **read: Any) -> Checkp
 
 def from_pretrained(
     path: str | Path, *, dtype: str | None = None, kernel: str | Kernel | None = None, scan_layers: bool = False,
-    filename: str | None = None, i2_s_layout: str = "x86", packed_cache: bool = True,
+    filename: str | None = None, i2_s_layout: str = "x86", packed_cache: bool | None = None,
 ) -> BitNetModel:
     """Load a BitNet b1.58 model of any family (transformers directory, GGUF file, or a Hugging Face id
     such as ``microsoft/bitnet-b1.58-2B-4T`` / ``org/name:file.gguf``), ternary weights kept packed.
@@ -211,7 +221,8 @@ def from_pretrained(
     layer body instead of one per layer (same outputs, much less compiled code). The checkpoint's host
     copies are freed (and the freed heap returned to the OS) before this returns.
 
-    ``packed_cache`` (default on): the parameters in the kernel's layout are kept on disk in
+    ``packed_cache`` (default ``None``: on for checkpoints of at least 256 MiB, where decoding and
+    repacking takes seconds; ``True``/``False`` force it): the parameters in the kernel's layout are kept on disk in
     :func:`packed_cache_dir` (``$BITNET_JAX_PACKED_CACHE``; ``0`` disables it), keyed by the files'
     paths, sizes and modification times and the load options; a later load of the same checkpoint
     memory-maps them instead of decoding and repacking (seconds for the 2B4T model). Delete the
@@ -223,11 +234,11 @@ def from_pretrained(
     4
     """
     chosen = kernel if isinstance(kernel, Kernel) else select_kernel(kernel)
-    cache = packed_cache_dir() if packed_cache else None
+    cache = packed_cache_dir() if packed_cache is not False else None
     entry = None
     if cache is not None:
         source = local_path(path, filename)
-        if source.exists():
+        if source.exists() and (packed_cache or _checkpoint_bytes(source) >= PACKED_CACHE_MIN_BYTES):
             entry = cache / _source_key(source, kernel=chosen.name, layout=chosen.layout.name, dtype=dtype,
                                         scan_layers=scan_layers, i2_s_layout=i2_s_layout)
             if entry.is_dir():

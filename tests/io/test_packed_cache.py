@@ -20,7 +20,7 @@ def _write_gguf(path):
     # a bfloat16-valued embedding: the loader keeps it as a bfloat16 table (exactly)
     emb = ckpt.tensors["model.embed_tokens.weight"]
     ckpt.tensors["model.embed_tokens.weight"] = np.asarray(emb).astype(jax.numpy.bfloat16).astype(np.float32)
-    return save_pretrained(model_from_checkpoint(ckpt, get_kernel("xla"), to_device=False), path, "gguf")
+    return save_pretrained(model_from_checkpoint(ckpt, get_kernel("xla"), to_device=False), path, "gguf", overwrite=True)
 
 
 def _same(a, b) -> None:
@@ -34,11 +34,11 @@ def _same(a, b) -> None:
 def test_second_load_reads_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(PACKED_CACHE_ENV, str(tmp_path / "cache"))
     path = _write_gguf(tmp_path / "m.gguf")
-    first = bj.from_pretrained(path)
+    first = bj.from_pretrained(path, packed_cache=True)
     assert first.params["embed_tokens"].dtype == jax.numpy.bfloat16
     entries = list((tmp_path / "cache").iterdir())
     assert len(entries) == 1
-    second = bj.from_pretrained(path)
+    second = bj.from_pretrained(path, packed_cache=True)
     _same(first, second)
     assert second.config == first.config
     prompt = [[1, 2, 3, 4]]
@@ -47,18 +47,28 @@ def test_second_load_reads_the_cache(tmp_path, monkeypatch):
     # a changed file gets a new entry (the key holds size and mtime)
     _write_gguf(path)
     os.utime(path, ns=(1, 1))
-    bj.from_pretrained(path)
+    bj.from_pretrained(path, packed_cache=True)
     assert len(list((tmp_path / "cache").iterdir())) == 2
     # other load options: another entry, never the wrong layout
-    bj.from_pretrained(path, scan_layers=True)
+    bj.from_pretrained(path, scan_layers=True, packed_cache=True)
     assert len(list((tmp_path / "cache").iterdir())) == 3
+
+
+def test_small_checkpoints_are_not_cached_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv(PACKED_CACHE_ENV, str(tmp_path / "cache"))
+    path = _write_gguf(tmp_path / "m.gguf")
+    bj.from_pretrained(path)
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.setattr("bitnet_jax.io.loading.PACKED_CACHE_MIN_BYTES", 1)  # every checkpoint counts as large
+    bj.from_pretrained(path)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
 def test_cache_can_be_disabled(tmp_path, monkeypatch):
     monkeypatch.setenv(PACKED_CACHE_ENV, "0")
     assert packed_cache_dir() is None
     path = _write_gguf(tmp_path / "m.gguf")
-    bj.from_pretrained(path)
+    bj.from_pretrained(path, packed_cache=True)
     monkeypatch.setenv(PACKED_CACHE_ENV, str(tmp_path / "cache"))
     bj.from_pretrained(path, packed_cache=False)
     assert not (tmp_path / "cache").exists()
@@ -67,7 +77,7 @@ def test_cache_can_be_disabled(tmp_path, monkeypatch):
 def test_corrupt_entry_falls_back_to_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv(PACKED_CACHE_ENV, str(tmp_path / "cache"))
     path = _write_gguf(tmp_path / "m.gguf")
-    first = bj.from_pretrained(path)
+    first = bj.from_pretrained(path, packed_cache=True)
     (entry,) = list((tmp_path / "cache").iterdir())
     (entry / "model.pkl").write_bytes(b"not a pickle")
-    _same(first, bj.from_pretrained(path))
+    _same(first, bj.from_pretrained(path, packed_cache=True))
