@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_results import git_commit, write_json  # scripts/bench_results.py
+from bench_results import cpu_model, git_commit, write_json  # scripts/bench_results.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "bitnet_jax.cli"]
@@ -36,15 +36,6 @@ PROMPTS = ["def fibonacci(n):", "import os\n", "class Stack:\n", "for i in range
            "try:\n    import json", "    return self.", "if __name__ == '__main__':", "x = [i * i for i in",
            "def __init__(self, name):", "with open(path) as f:", "raise ValueError("]
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def timed_run(args: list[str], env: dict[str, str]) -> dict[str, float]:
@@ -134,7 +125,7 @@ def main() -> None:
     record.update({
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),
-        "cpu": _cpu(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),

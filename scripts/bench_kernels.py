@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Callable
@@ -33,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pallas_kernels  # noqa: E402
-from bench_results import git_commit, write_json  # noqa: E402
+from bench_results import cpu_model, git_commit, write_json  # noqa: E402
 from pallas_kernels import timing  # noqa: E402
 from pallas_kernels.reference import ternary_matmul_reference  # noqa: E402
 
@@ -122,15 +121,6 @@ def measure_backend(name: str, shapes, ms, *, calls: int = 20, copy_gbps: float 
     return rows
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
 
 def main(argv: list[str] | None = None) -> int:
     """Run the grid and write one JSON file."""
@@ -156,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure_backend(backend, shapes, a.m, calls=a.calls, copy_gbps=copy and copy["GBps"])
     device = jax.devices()[0]
     result = {
-        "device": str(getattr(device, "device_kind", device.platform)), "platform": plat, "cpu": _cpu_model(),
+        "device": str(getattr(device, "device_kind", device.platform)), "platform": plat, "cpu": cpu_model(),
         "cpu_count": os.cpu_count(), "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
         "jax": jax.__version__, "commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "calls": a.calls, "note": a.note, "copy_bandwidth": copy, "results": rows,

@@ -1,9 +1,10 @@
-"""Shared by the benchmark scripts: the commit a result was measured at, and atomic JSON result files."""
+"""Shared by the benchmark scripts: the commit and CPU a result was measured on, and atomic JSON result files."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,17 @@ def git_commit() -> str:
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_results import git_commit, write_json  # noqa: E402  (scripts/bench_results.py)
+from bench_results import cpu_model, git_commit, write_json  # noqa: E402  (scripts/bench_results.py)
 
 
 def free_port() -> int:
@@ -53,16 +53,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def cpu_model() -> str:
-    """The CPU model name."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 class Server:

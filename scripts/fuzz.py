@@ -26,17 +26,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "reliability"))
 
 import fuzzlib  # noqa: E402  (tests/reliability/fuzzlib.py)
-from bench_results import git_commit, write_json  # noqa: E402
+from bench_results import cpu_model, git_commit, write_json  # noqa: E402
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -76,7 +67,7 @@ def main() -> int:
         "cases_per_second": round(len(results) / seconds, 2) if seconds else None,
         "memory_limit_bytes": fuzzlib.MEMORY_LIMIT,
         "case_seconds": args.case_seconds,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "niceness": os.nice(0),
