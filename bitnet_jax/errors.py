@@ -55,6 +55,27 @@ class SamplingError(GenerationError):
     """An invalid sampling argument (temperature, top-k, top-p)."""
 
 
+class QueueFullError(GenerationError):
+    """The serving engine's waiting queue is full (HTTP 429)."""
+
+
+class EngineClosedError(GenerationError):
+    """The serving engine is draining or stopped and takes no new requests (HTTP 503)."""
+
+
+class ApiError(BitNetError):
+    """A server request error answered as OpenAI-shaped JSON (``status``, and the field at fault as ``param``)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+
+    def body(self) -> dict:
+        """The JSON body."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
 class DistributedError(BitNetError, RuntimeError):
     """A multi-process run could not start or lost a peer."""
 

@@ -20,27 +20,14 @@ from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bitnet_jax.errors import BitNetError
+from bitnet_jax.errors import ApiError, BitNetError, EngineClosedError, QueueFullError
 from bitnet_jax.inference.chat import encode_chat, stop_token_ids
 from bitnet_jax.inference.streaming import IncrementalDecoder
-from bitnet_jax.serve.engine import Engine, EngineClosedError, QueueFullError
+from bitnet_jax.serve.engine import Engine
 from bitnet_jax.serve.metrics import Metrics
 
 MAX_STOP = 16
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI-shaped JSON."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
-
-    def body(self) -> dict[str, Any]:
-        """The JSON body."""
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 def _number(body: dict, key: str, default, *, integer: bool = False):

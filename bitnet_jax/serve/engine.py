@@ -29,18 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bitnet_jax.errors import GenerationError
+from bitnet_jax.errors import EngineClosedError, GenerationError, QueueFullError
 from bitnet_jax.inference.generate import MIN_PROMPT_BUCKET, _check_ids, _module, bucket, default_stop_tokens
 from bitnet_jax.inference.sampling import SamplingParams, filter_logits
 from bitnet_jax.model import BitNetModel, Transformer, init_cache
-
-
-class QueueFullError(GenerationError):
-    """The engine's waiting queue is full (HTTP 429)."""
-
-
-class EngineClosedError(GenerationError):
-    """The engine is draining or stopped and takes no new requests (HTTP 503)."""
 
 
 def _sample_slots(logits, keys, temperature, top_k, top_p, greedy):
