@@ -180,7 +180,8 @@ def real_shape_generate() -> tuple[list[dict], list[str]]:
     from bitnet_jax.parallel.rules import param_specs
     from pallas_kernels import get_kernel
 
-    config = ModelConfig().replace(num_hidden_layers=1, vocab_size=8192, max_position_embeddings=256)
+    config = ModelConfig().replace(num_hidden_layers=1, vocab_size=8192, max_position_embeddings=256,
+                                   bos_token_id=1, eos_token_id=2)
     module = Transformer(config, Form(kernel=get_kernel("xla")))
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
     mesh = make_mesh(MeshConfig(tensor=8))

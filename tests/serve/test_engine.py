@@ -10,7 +10,8 @@ import pytest
 import bitnet_jax as bj
 from bitnet_jax.errors import GenerationError
 from bitnet_jax.serve import Engine, QueueFullError
-from conftest import PROMPTS, REF_TOKENS
+from serve_helpers import PROMPTS, REF_TOKENS
+from serve_helpers import *  # noqa: F401,F403  (the session fixtures: model, references, server)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import PROMPTS, REF_TOKENS, expected_text
+from serve_helpers import PROMPTS, REF_TOKENS, expected_text
+from serve_helpers import *  # noqa: F401,F403  (the session fixtures: model, references, server)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import time
 
 import httpx
 
-from conftest import live_server
+from serve_helpers import live_server
+from serve_helpers import *  # noqa: F401,F403  (the session fixtures: model, references, server)
 
 BODY = {"prompt": "def f(x):", "max_tokens": 100, "temperature": 0, "stream": True, "stop": [0]}
 
