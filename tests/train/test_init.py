@@ -223,8 +223,10 @@ def test_run_and_gguf_starts(latent_dir, tmp_path):
 
     latent = BitNetModel(start.config, start.params, start.tokenizer, form=Form())
     gguf = write_export(latent, tmp_path / "m.gguf", "gguf-tq2_0")
-    with pytest.raises(Exception, match="tokenizer"):  # a word-level tokenizer is not stored in GGUF
-        load_init(InitConfig(from_=str(gguf)))
+    from_gguf = load_init(InitConfig(from_=str(gguf)))  # GGUF now carries any tokenizers model, word-level too
+    text = "def add(a, b): return a + b"
+    assert from_gguf.tokenizer is not None
+    assert from_gguf.tokenizer.encode(text) == start.tokenizer.encode(text)
     assert packed is not None
 
 
