@@ -8,6 +8,9 @@ import os
 # config change); tests of the cache set BITNET_JAX_CACHE for their subprocess
 os.environ.setdefault("BITNET_JAX_CACHE", "off")
 os.environ.setdefault("BITNET_JAX_PACKED_CACHE", "off")  # likewise from_pretrained's packed-layout cache
+# no test touches the network: the hub libraries read these when first imported, so set them before any
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +33,17 @@ def random_model(preset: str = "tiny", seed: int = 0, packed: bool = True, kerne
     form = packed_form(kernel) if packed else Form()
     variables = Transformer(config, form).init(jax.random.PRNGKey(seed), jnp.zeros((1, 1), jnp.int32))
     return BitNetModel(config, variables["params"], form=form)
+
+
+MAX_WORKERS = 4
+"""Test processes at most: each compiles with XLA's own threads, and the multi-device tests start
+subprocesses of their own."""
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most :data:`MAX_WORKERS`."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      MAX_WORKERS))
 
 
 @pytest.fixture(scope="session")

@@ -88,9 +88,13 @@ def test_compiled_programs_never_move_weights(report):
 
 
 def test_row_split_of_rows4_codes_is_detected(report):
-    # negative control: splitting weight_packed by rows reshards the *unpacked* int32 codes
+    # negative control: splitting weight_packed by rows reshards the *unpacked* codes, not the packed
+    # bytes. XLA decides whether the convert to int32 happens before or after the all-to-all (the CI's
+    # XLA moves int8 codes, others int32), so either integer code type is the unpacked weight.
     moved = [c for c in report["rows_split_collectives"] if c["weights"]]
-    assert moved and all(c["kind"] == "all-to-all" and c["dtypes"] == ["s32"] for c in moved)
+    assert moved, report["rows_split_collectives"]
+    for c in moved:
+        assert c["kind"] == "all-to-all" and c["dtypes"] in (["s8"], ["s32"]), c
 
 
 def test_kv_cache_split_by_kv_heads(report):

@@ -29,7 +29,13 @@ from tests.train_worker import overrides
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = [sys.executable, str(ROOT / "tests" / "train_worker.py")]
 STEPS = 4
-MESHES = ({"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 4}, {"data": 2, "fsdp": 2, "tensor": 2})
+# the default run trains on the mesh that uses every axis at once; the single-axis meshes are slow tests
+MESHES = (
+    pytest.param({"data": 8}, marks=pytest.mark.slow),
+    pytest.param({"fsdp": 8}, marks=pytest.mark.slow),
+    pytest.param({"data": 2, "fsdp": 4}, marks=pytest.mark.slow),
+    {"data": 2, "fsdp": 2, "tensor": 2},
+)
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -118,6 +124,7 @@ def test_two_processes_checkpoint_collectively_and_resume_on_four_devices(refere
     _assert_close(reference, _metrics(run))
 
 
+@pytest.mark.slow  # the default run covers a dead peer (tests/parallel/test_scaleout.py) and a killed run's resume
 def test_killed_peer_ends_training_and_keeps_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     port = free_port()

@@ -76,7 +76,12 @@ def test_chat_loss_is_the_mean_over_reply_tokens(tmp_path, start):
             matches = [e for e in encoded if e[0] == piece]
             assert matches, "a packed document is not one conversation of the JSONL"
             ids, reply = matches[0]
-            logits = np.asarray(apply(start.params, jnp.asarray([ids[:-1]])), np.float64)[0]
+            # padded to the row length after the conversation (causal: no effect on its logits), so one
+            # program serves every conversation
+            width = batch["inputs"].shape[1]
+            padded = np.zeros((1, width), np.int32)
+            padded[0, : len(ids) - 1] = ids[:-1]
+            logits = np.asarray(apply(start.params, jnp.asarray(padded)), np.float64)[0, : len(ids) - 1]
             logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
                 - logits.max(-1, keepdims=True)
             ref_total += -sum(logp[i - 1, ids[i]] for i in reply)

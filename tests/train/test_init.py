@@ -161,7 +161,7 @@ def test_remat_gives_the_same_loss_and_gradients():
     out = {}
     for policy in ("none", "nothing_saveable", "dots_saveable"):
         module = make_module(model.config, remat=policy)
-        out[policy] = jax.value_and_grad(lambda p: token_nll(module, p, windows))(model.params)
+        out[policy] = jax.jit(jax.value_and_grad(lambda p: token_nll(module, p, windows)))(model.params)
     for policy in ("nothing_saveable", "dots_saveable"):
         np.testing.assert_allclose(float(out[policy][0]), float(out["none"][0]), rtol=1e-6)
         for a, b in zip(jax.tree_util.tree_leaves(out[policy][1]), jax.tree_util.tree_leaves(out["none"][1])):
