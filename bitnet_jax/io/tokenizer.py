@@ -184,7 +184,10 @@ def tokenizer_from_gguf_metadata(meta: dict, source: str) -> Tokenizer:
     else:
         raise TokenizerError(f"{source}: tokenizer.ggml.model = {model!r} is not supported "
                              "(expected 'gpt2' byte-level BPE or 'llama' SentencePiece)")
-    n = tok.vocab_size
+    # ids count against the file's token list when it is longer than the tokenizer (an export pads the list
+    # with unused tokens up to the model's vocabulary, as llama.cpp wants one token per embedding row)
+    listed = meta.get("tokenizer.ggml.tokens")
+    n = max(tok.vocab_size, len(listed) if isinstance(listed, list) else 0)
     bos = _meta_int(meta, "tokenizer.ggml.bos_token_id", source, n)
     eos = [v for v in (_meta_int(meta, "tokenizer.ggml.eos_token_id", source, n),
                        _meta_int(meta, "tokenizer.ggml.eot_token_id", source, n)) if v is not None]

@@ -159,3 +159,22 @@ def test_chat_template_from_a_directory_and_end_of_turn_stops(tmp_path):
     assert loaded.tokenizer.decode(ids).startswith("<|im_start|>user\ndef f():")
     assert set(loaded.config.eos_token_ids) <= set(stop_token_ids(loaded.tokenizer, loaded.config))
     model.tokenizer.chat_template = None
+
+
+def test_special_ids_may_point_into_the_padded_token_list():
+    """An export pads tokenizer.ggml.tokens with unused tokens up to the model's vocabulary; a BOS id there is
+    a row of the model (llama.cpp reads it so), one past the list is refused."""
+    from tokenizers import Tokenizer as HFTokenizer, models
+
+    from bitnet_jax.errors import TokenizerError
+    from bitnet_jax.io.tokenizer import tokenizer_from_gguf_metadata
+
+    backend = HFTokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    padded = ["a", "b", "[UNK]"] + [f"<|unused_{i}|>" for i in range(3, 10)]
+    meta = {"tokenizer.huggingface.json": backend.to_str(), "tokenizer.ggml.tokens": padded,
+            "tokenizer.ggml.bos_token_id": 9}
+    assert tokenizer_from_gguf_metadata(meta, "m.gguf").bos_id == 9
+    with pytest.raises(TokenizerError, match=r"m.gguf: tokenizer.ggml.bos_token_id = 10 is not a token id in \[0, 10\)"):
+        tokenizer_from_gguf_metadata({**meta, "tokenizer.ggml.bos_token_id": 10}, "m.gguf")
+    with pytest.raises(TokenizerError, match=r"in \[0, 3\)"):  # without the list, the tokenizer's own size
+        tokenizer_from_gguf_metadata({**meta, "tokenizer.ggml.tokens": None}, "m.gguf")
