@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitnet_jax._memory import compiled_programs, release_host_memory
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import GenerationError
 from bitnet_jax.inference._args import check_generate_args
@@ -229,6 +230,7 @@ def generate(
     """
     check_generate_args(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     prep = _prepare(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
+    programs = compiled_programs(_generate_loop)
     out = _generate_loop(
         model.params,
         prep["tokens"],
@@ -241,7 +243,10 @@ def generate(
         cache_len=prep["cache_len"],
         out_len=prep["out_len"],
     )
-    return [_trim(row, max_new_tokens) for row in np.asarray(out)]
+    rows = np.asarray(out)
+    if compiled_programs(_generate_loop) > programs:
+        release_host_memory()  # the compiler's freed working memory (about 1.4 GB for the 2B4T shape)
+    return [_trim(row, max_new_tokens) for row in rows]
 
 
 def generate_stream(
@@ -262,6 +267,7 @@ def generate_stream(
     check_generate_args(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     prep = _prepare(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     module = _module(model)
+    programs = compiled_programs(_prefill_jit) + compiled_programs(_decode_step_jit)
     state = _prefill_jit(
         model.params,
         prep["tokens"],
@@ -277,6 +283,9 @@ def generate_stream(
         if step:
             state = _decode_step_jit(model.params, state, prep["sampling"], prep["stop_tokens"], module=module)
         tokens = np.asarray(state.output[:, step])
+        if step <= 1 and compiled_programs(_prefill_jit) + compiled_programs(_decode_step_jit) > programs:
+            release_host_memory()  # after the prefill's and the decode step's first compile
+            programs = compiled_programs(_prefill_jit) + compiled_programs(_decode_step_jit)
         yield [int(t) if t != PAD_ID else None for t in tokens]
         if bool(np.all(np.asarray(state.done))):
             return

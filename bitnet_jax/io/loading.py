@@ -3,7 +3,6 @@ kernel chosen once for the model (:func:`pallas_kernels.select_kernel`)."""
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
 import json
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitnet_jax._memory import release_host_memory
 from bitnet_jax.errors import BitNetError, CheckpointError
 from bitnet_jax.io.checkpoint import ALIGN, Checkpoint, aligned_empty, checkpoint_to_params
 from bitnet_jax.model import BitNetModel, Form, stack_layers
@@ -84,14 +84,6 @@ def read_checkpoint(path: str | Path, filename: str | None = None, i2_s_layout: 
         # a malformed file that slipped past the format's own checks: still one line naming the file
         raise CheckpointError(f"{path}: malformed checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
                               ) from None
-
-
-def release_host_memory() -> None:
-    """Return freed heap pages to the OS (glibc keeps a loader's freed temporaries mapped otherwise)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: glibc when it is there
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _to_device(tree: Any) -> Any:
