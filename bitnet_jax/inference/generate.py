@@ -267,7 +267,10 @@ def generate_stream(
     check_generate_args(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     prep = _prepare(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_tokens)
     module = _module(model)
-    programs = compiled_programs(_prefill_jit) + compiled_programs(_decode_step_jit)
+    def programs() -> int:
+        return compiled_programs(_prefill_jit) + compiled_programs(_decode_step_jit)
+
+    before = programs()
     state = _prefill_jit(
         model.params,
         prep["tokens"],
@@ -283,9 +286,9 @@ def generate_stream(
         if step:
             state = _decode_step_jit(model.params, state, prep["sampling"], prep["stop_tokens"], module=module)
         tokens = np.asarray(state.output[:, step])
-        if step <= 1 and compiled_programs(_prefill_jit) + compiled_programs(_decode_step_jit) > programs:
-            release_host_memory()  # after the prefill's and the decode step's first compile
-            programs = compiled_programs(_prefill_jit) + compiled_programs(_decode_step_jit)
+        if step <= 1 and programs() > before:  # after the prefill's and the decode step's first compile
+            release_host_memory()
+            before = programs()
         yield [int(t) if t != PAD_ID else None for t in tokens]
         if bool(np.all(np.asarray(state.done))):
             return
