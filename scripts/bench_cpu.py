@@ -1,18 +1,24 @@
 """Benchmark the public CPU path: ``bj.from_pretrained(gguf)`` -> ``bj.generate`` / ``generate_stream``,
-the ``bitnet-jax generate`` CLI, and llama.cpp (TQ2_0, llama-cpp-python) on the same weights.
+the ``bitnet-jax generate`` CLI, llama.cpp (TQ2_0, llama-cpp-python) and bitnet.cpp (I2_S, its
+``llama-bench``) on the same weights.
 
 Usage::
 
     python scripts/bench_cpu.py --json benchmarks/results/cpu_public_2b4t.json     # 2B4T shape, random weights
     python scripts/bench_cpu.py --layers 4 --repeats 1                            # a quick iteration run
     python scripts/bench_cpu.py --gguf path/to/model-i2_s.gguf
+    python scripts/bench_cpu.py --bitnet-cpp /tmp/bitnet_cpp/build/bin/llama-bench   # + bitnet.cpp
 
 Without ``--gguf`` the script writes a random-weight I2_S GGUF of ``--preset`` (``--layers`` overrides
 the depth) with a byte-level tokenizer into ``--workdir`` (reused when present) and converts it with
-``bj.convert`` to TQ2_0 for llama.cpp: both engines read the same codes and scales.
+``bj.convert`` to TQ2_0 for llama.cpp: both engines read the same codes and scales (and the same BF16 embedding table). With ``--bitnet-cpp``
+(a ``llama-bench`` built by ``scripts/build_bitnet_cpp.sh``) it also converts it to I2_S of GGUF arch
+``bitnet`` for bitnet.cpp -- the same codes and scales in the same x86 I2_S byte layout -- because the
+2024 bitnet.cpp that the mirrors hold (BitNet 4645960, llama.cpp fork 406a5036) knows arch ``bitnet``
+only, not ``bitnet-b1.58``; a file already of arch ``bitnet`` is used as it is.
 
-Every engine runs in a fresh process per repeat, interleaved (ours, the CLI, llama.cpp, ours, ...), so
-each sees the same machine load. Ours first runs once with an empty packed-layout cache
+Every engine runs in a fresh process per repeat, interleaved (ours, the CLI, llama.cpp, bitnet.cpp, ours,
+...), so each sees the same machine load. Ours first runs once with an empty packed-layout cache
 (``bitnet_jax_cold``: load and first-token figures only); the repeats then find it filled (warm).
 A process's figures:
 
@@ -28,6 +34,10 @@ A process's figures:
 * ``prefill128_tok_s``: ``128 / t(generate(prompt of 128, max_new_tokens=1))`` (llama.cpp: ``eval`` of
   the 128 tokens);
 * ``batch{4,8}_decode_tok_s``: aggregate decode tokens/s of ``generate`` over 4 / 8 rows (ours only);
+* bitnet.cpp: ``llama-bench -p 128 -n 32 -r INNER -t THREADS`` in one process per repeat (after its own
+  warm-up run): ``prefill128_tok_s`` the best pp128 sample, ``decode_tok_s`` the best tg32 sample (32
+  tokens decoded from an empty context; ``*_avg_tok_s`` the means); its graph computes SiLU where 2B4T
+  uses relu² (elementwise: no effect on speed), so its outputs are not the model's;
 * CLI: ``process_s``, the whole ``bitnet-jax generate`` process, 64 new tokens (``start_to_first_output_s``
   is its first stdout byte, which can be the echoed prompt rather than the first token);
 * memory: ``rss_bytes`` (VmRSS) at the end, ``peak_rss_load_bytes`` (VmHWM after loading) and
@@ -49,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +71,7 @@ from bench_results import git_commit, write_json
 PROMPT_LEN = 32
 PREFILL_LEN = 128
 NEW_TOKENS = 64
+BITNET_CPP_GEN = 32  # llama-bench -n
 BATCHES = (4, 8)
 
 
@@ -68,8 +80,9 @@ def prompt_ids(vocab: int, length: int, row: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(1 + row).integers(0, min(vocab, 256), length)]
 
 
-def make_ggufs(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(I2_S GGUF, TQ2_0 GGUF) of the benchmarked weights; written once into ``--workdir``."""
+def make_ggufs(args: argparse.Namespace, bitnet_cpp: bool = False) -> tuple[Path, Path, Path | None]:
+    """(I2_S GGUF, TQ2_0 GGUF, bitnet.cpp's I2_S GGUF or None) of the benchmarked weights; written once
+    into ``--workdir``."""
     import jax.numpy as jnp
 
     import bitnet_jax as bj
@@ -85,18 +98,32 @@ def make_ggufs(args: argparse.Namespace) -> tuple[Path, Path]:
         cfg = ModelConfig.preset(args.preset)
         if args.layers:
             cfg = cfg.replace(num_hidden_layers=args.layers)
-        i2s = work / f"{args.preset}-L{cfg.num_hidden_layers}-i2_s.gguf"
+        i2s = work / f"{args.preset}-L{cfg.num_hidden_layers}-bf16embed-i2_s.gguf"
         if not i2s.exists():
             ckpt = random_checkpoint(cfg, seed=0)
             for name, value in ckpt.tensors.items():  # the real 2B4T's tables are bfloat16 values
                 if not hasattr(value, "codes") and np.ndim(value) == 2:
                     ckpt.tensors[name] = np.asarray(value).astype(jnp.bfloat16).astype(np.float32)
-            write_gguf(cfg, ckpt.tensors, byte_level_tokenizer(), i2s, "i2_s")
+            # the table as BF16, as the real model's is 16-bit: every engine's head reads 2 bytes a value
+            write_gguf(cfg, ckpt.tensors, byte_level_tokenizer(), i2s, "i2_s", embed_type="bf16")
             del ckpt
     tq2 = work / (i2s.stem.removesuffix("-i2_s") + "-tq2_0.gguf")
     if not tq2.exists() and not args.no_llamacpp and not args.no_run:
         bj.convert(i2s, tq2, quant="tq2_0", arch="bitnet")  # upstream llama.cpp's BitNet graph
-    return i2s, tq2
+    bcpp = None
+    if bitnet_cpp and not args.no_run:
+        from bitnet_jax.io._gguf_file import open_gguf
+
+        if open_gguf(i2s).metadata["general.architecture"] == "bitnet":
+            bcpp = i2s
+        else:
+            bcpp = work / (i2s.stem.removesuffix("-i2_s") + "-bitnet-i2_s.gguf")
+            if not bcpp.exists():
+                with warnings.catch_warnings():  # relu² under arch bitnet: recorded as a caveat instead
+                    warnings.simplefilter("ignore", UserWarning)
+                    # 2024 bitnet.cpp reads the 128-weight x86 I2_S layout on x86 and ARM alike
+                    bj.convert(i2s, bcpp, quant="i2_s", arch="bitnet", i2_s_layout="x86")
+    return i2s, tq2, bcpp
 
 
 def _now() -> float:
@@ -262,6 +289,68 @@ def run_cli(args: argparse.Namespace, path: Path, vocab: int) -> dict[str, Any]:
     return {"start_to_first_output_s": t_first, "process_s": _now() - t0}
 
 
+BITNET_CPP_CAVEATS = [
+    "bitnet.cpp (2024 fork) runs GGUF arch 'bitnet', whose graph computes SiLU in the gated FFN where "
+    "2B4T uses relu2: an elementwise op, no effect on speed, but its outputs are not this model's",
+    "same weights: codes and scales identical to the other engines' files, x86 I2_S layout, tied head "
+    "(token_embd BF16 in every engine's file, as the bench writes it; the official 2B4T file stores "
+    "it F16: the same 2 bytes a value)",
+    "llama-bench figures: best of -r samples after its warm-up; tg32 decodes 32 tokens from an empty "
+    "context (ours and llama.cpp's decode after a 32-token prompt); KV cache F16 (its default)",
+]
+
+
+def parse_llama_bench(text: str) -> dict[str, Any]:
+    """pp128 / tg32 tokens/s from ``llama-bench -o json`` output (a JSON list, one object per test)."""
+    start = text.find("[")
+    if start < 0:
+        raise ValueError("no JSON list in llama-bench output")
+    tests = json.loads(text[start:])
+    out: dict[str, Any] = {}
+    for t in tests:
+        if t.get("n_prompt") == PREFILL_LEN and not t.get("n_gen"):
+            key = "prefill128"
+        elif t.get("n_gen") == BITNET_CPP_GEN and not t.get("n_prompt"):
+            key = "decode"
+        else:
+            continue
+        samples = [float(v) for v in t.get("samples_ts") or [t["avg_ts"]]]
+        out[f"{key}_tok_s"] = max(samples)
+        out[f"{key}_avg_tok_s"] = float(t["avg_ts"])
+        out[f"{key}_samples_tok_s"] = samples
+        out.setdefault("model_type", t.get("model_type"))
+        out.setdefault("model_size", t.get("model_size"))
+        out.setdefault("n_threads", t.get("n_threads"))
+        out.setdefault("cpu_info", t.get("cpu_info"))
+    if "prefill128_tok_s" not in out or "decode_tok_s" not in out:
+        raise ValueError(f"llama-bench output lacks the pp{PREFILL_LEN} / tg{BITNET_CPP_GEN} tests")
+    return out
+
+
+def run_bitnet_cpp(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """One ``llama-bench`` process of bitnet.cpp on ``path``: pp128 and tg32 tokens/s."""
+    cmd = [str(Path(args.bitnet_cpp).resolve()), "-m", str(path), "-p", str(PREFILL_LEN),
+           "-n", str(BITNET_CPP_GEN), "-t", str(args.threads), "-r", str(args.inner), "-o", "json"]
+    t0 = _now()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bitnet.cpp llama-bench failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    res = parse_llama_bench(proc.stdout)
+    res["process_s"] = _now() - t0
+    return res
+
+
+def bitnet_cpp_version(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The build record of ``scripts/build_bitnet_cpp.sh`` (BUILD_DIR/bitnet_cpp_version.json next to
+    BUILD_DIR/bin/llama-bench, or ``--bitnet-cpp-version``), None when there is none."""
+    path = (Path(args.bitnet_cpp_version) if args.bitnet_cpp_version
+            else Path(args.bitnet_cpp).resolve().parent.parent / "bitnet_cpp_version.json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def median(rows: list[dict], key: str) -> float | None:
     vals = [r[key] for r in rows if r.get(key) is not None]
     return round(statistics.median(vals), 4) if vals else None
@@ -281,7 +370,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scan-layers", action="store_true")
     p.add_argument("--no-llamacpp", action="store_true")
     p.add_argument("--no-cli", action="store_true")
-    p.add_argument("--bitnet-cpp", help="bitnet.cpp's built llama-bench (skipped when absent)")
+    p.add_argument("--bitnet-cpp", help="bitnet.cpp's built llama-bench (skipped when absent), e.g. from "
+                   "scripts/build_bitnet_cpp.sh SRC BUILD: BUILD/bin/llama-bench")
+    p.add_argument("--bitnet-cpp-version", help="bitnet.cpp's build record (default: "
+                   "bitnet_cpp_version.json in the directory above llama-bench's)")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-run", action="store_true", help="only write the I2_S GGUF")
@@ -298,7 +390,13 @@ def main() -> None:
         res = (jax_worker if args.worker == "jax" else llamacpp_worker)(args)
         sys.stdout.write(json.dumps(res) + "\n")
         return
-    i2s, tq2 = make_ggufs(args)
+    if not args.bitnet_cpp:
+        bitnet_skip = "not built (pass --bitnet-cpp PATH to llama-bench)"
+    elif not Path(args.bitnet_cpp).exists():
+        bitnet_skip = f"not built ({args.bitnet_cpp} does not exist; see scripts/build_bitnet_cpp.sh)"
+    else:
+        bitnet_skip = None
+    i2s, tq2, bcpp = make_ggufs(args, bitnet_cpp=bitnet_skip is None)
     if args.no_run:
         return
     from bitnet_jax.io._gguf_file import open_gguf
@@ -314,9 +412,7 @@ def main() -> None:
             import llama_cpp  # noqa: F401
         except ImportError:
             llama_skip = "llama-cpp-python is not installed"
-    bitnet_skip = "not built (pass --bitnet-cpp PATH to llama-bench)" if not (
-        args.bitnet_cpp and Path(args.bitnet_cpp).exists()) else "bitnet.cpp runs are not implemented in this bench yet"
-    runs: dict[str, list[dict]] = {"bitnet_jax": [], "cli": [], "llamacpp": []}
+    runs: dict[str, list[dict]] = {"bitnet_jax": [], "cli": [], "llamacpp": [], "bitnet_cpp": []}
     load = [load_average()]
     cache = Path(args.workdir) / "packed-cache"  # the packed-layout cache: empty for the first (cold) run
     shutil.rmtree(cache, ignore_errors=True)
@@ -335,14 +431,18 @@ def main() -> None:
         if llama_skip is None:
             runs["llamacpp"].append(run_worker(args, "llamacpp", tq2))
             print("llamacpp", rep, json.dumps(runs["llamacpp"][-1]), flush=True)
+        if bitnet_skip is None:
+            runs["bitnet_cpp"].append(run_bitnet_cpp(args, bcpp))
+            print("bitnet_cpp", rep, json.dumps(runs["bitnet_cpp"][-1]), flush=True)
         load.append(load_average())
-    keys = sorted({k for r in runs["bitnet_jax"] + runs["llamacpp"] + runs["cli"] for k, v in r.items()
+    keys = sorted({k for rs in runs.values() for r in rs for k, v in r.items()
                    if isinstance(v, (int, float))})
     summary = {eng: {k: median(rs, k) for k in keys if any(k in r for r in rs)} for eng, rs in runs.items() if rs}
-    ours, peer = summary["bitnet_jax"], summary.get("llamacpp", {})
+    ours, peer, bitnet_cpp = summary["bitnet_jax"], summary.get("llamacpp", {}), summary.get("bitnet_cpp", {})
 
-    def ratio(key: str) -> float | None:
-        return round(ours[key] / peer[key], 3) if ours.get(key) and peer.get(key) else None
+    def ratio(key: str, other: dict | None = None) -> float | None:
+        other = peer if other is None else other
+        return round(ours[key] / other[key], 3) if ours.get(key) and other.get(key) else None
 
     record = {
         "benchmark": "cpu_public_path",
@@ -365,15 +465,23 @@ def main() -> None:
         "bitnet_jax_cold": cold,
         "summary": summary,
         "ratios_vs_llamacpp": {k: ratio(k) for k in ("decode_tok_s", "prefill128_tok_s", "load_s")},
+        "ratios_vs_bitnet_cpp": {"decode_vs_bitnet_cpp": ratio("decode_tok_s", bitnet_cpp),
+                                 "prefill128_vs_bitnet_cpp": ratio("prefill128_tok_s", bitnet_cpp)},
         "start_to_first_token_over_llamacpp": (round(ours["start_to_first_token_s"] / peer["start_to_first_token_s"], 3)
                                                if peer.get("start_to_first_token_s") else None),
         "rss_over_model_bytes": round(ours["rss_bytes"] / ours["model_bytes"], 3),
         "peak_load_over_final_rss": round(ours["peak_rss_load_bytes"] / ours["rss_after_load_bytes"], 3),
         "llamacpp_skipped": llama_skip,
         "bitnet_cpp_skipped": bitnet_skip,
+        "bitnet_cpp": None if bitnet_skip else {
+            "llama_bench": str(Path(args.bitnet_cpp).resolve()), "gguf": bcpp.name, "gguf_arch": "bitnet",
+            "command": f"llama-bench -m {bcpp.name} -p {PREFILL_LEN} -n {BITNET_CPP_GEN} -t {args.threads} "
+                       f"-r {args.inner} -o json",
+            "version": bitnet_cpp_version(args), "caveats": BITNET_CPP_CAVEATS},
         "runs": runs,
     }
-    print(json.dumps({"summary": summary, "ratios": record["ratios_vs_llamacpp"]}, indent=1))
+    print(json.dumps({"summary": summary, "ratios": record["ratios_vs_llamacpp"],
+                      "ratios_bitnet_cpp": record["ratios_vs_bitnet_cpp"]}, indent=1))
     if args.json:
         write_json(Path(args.json), record)
 

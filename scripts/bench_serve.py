@@ -18,7 +18,7 @@ send one per token, its text possibly empty).
 Models: ``default`` (the bundled model, served from its directory; llama.cpp is skipped: its 192-wide
 rows are no multiple of TQ2_0's 256-value blocks) and ``2b4t`` (the BitNet b1.58 2B4T shape with random
 weights, ``--layers`` of its 30 layers to fit the time, and SiLU for relu^2 as llama.cpp's ``bitnet``
-graph computes; exported as a TQ2_0 GGUF file that both
+graph computes; exported as a TQ2_0 GGUF file with a BF16 embedding, as the real model's table is bfloat16, that both
 servers load). ``bj.generate`` single-stream decode of the same prompt and length is measured in this
 process for reference (``generate_tokens_per_s``).
 """
@@ -146,13 +146,16 @@ def prepare(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_cpu import byte_level_tokenizer
 
-    path = write_gguf(ckpt.config, ckpt.tensors, byte_level_tokenizer(), tmp / "bench-2b4t-tq2_0.gguf", "tq2_0")
+    # the embedding (= the tied head) as BF16, as the real 2B4T's table is bfloat16: both servers read the
+    # same 16-bit table (an F32 one would double the bytes each decoded token reads)
+    path = write_gguf(ckpt.config, ckpt.tensors, byte_level_tokenizer(), tmp / "bench-2b4t-tq2_0.gguf", "tq2_0",
+                      embed_type="bf16")
     rng = np.random.default_rng(1)
     prompt = "".join(chr(c) for c in rng.integers(ord("a"), ord("z") + 1, args.prompt_tokens))
     return {"ours": str(path), "gguf": str(path), "prompt": prompt, "peer_skipped": None,
             "description": f"the BitNet b1.58 2B4T shape with random weights, {args.layers} of its {full_layers} "
                            "layers (fewer layers to fit the benchmark's time; per-layer work is the 2B4T's) and SiLU for "
-                           "relu^2 (llama.cpp's 'bitnet' graph; same cost), exported as TQ2_0 GGUF for both servers",
+                           "relu^2 (llama.cpp's 'bitnet' graph; same cost), exported as TQ2_0 GGUF with a BF16 embedding for both servers",
             "shape": {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                       "num_attention_heads", "num_key_value_heads", "vocab_size")}}
 

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
         raise BitNetError(f"--port must be in [0, 65535], got {args.port}")
     model = load_model(args)
     name = args.served_model_name or args.model or "default"
-    app, engine = build(model, slots=args.slots, max_queue=args.max_queue, context=args.context, model_name=name)
+    app, engine = build(model, slots=args.slots, max_queue=args.max_queue, context=args.context,
+                        prefill_batch=args.prefill_batch, model_name=name)
     if not args.no_warmup:
         print(f"bitnet-jax serve: compiling ({args.slots} slots, context {engine.context}) ...", file=sys.stderr,
               flush=True)
@@ -51,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 429 (default 64)")
     p.add_argument("--context", type=int, default=None,
                    help="tokens per slot, prompt + output (default: the model's context)")
+    p.add_argument("--prefill-batch", type=int, default=None,
+                   help="prompts of one length bucket prefilled together, at most (default 4; 1: one at a time)")
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model or "
                                                               "'default')")
     p.add_argument("--no-warmup", action="store_true", help="compile on the first requests instead of at start")

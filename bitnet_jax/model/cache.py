@@ -6,6 +6,10 @@ position ``p`` attends to slots ``j <= p``, so prompts of different lengths shar
 padding mask (a row's slots past its prompt are overwritten by its own tokens before a real query
 reaches them). Writes are one ``dynamic_update_slice`` per row, which XLA performs in place (a batched
 scatter would copy the cache).
+
+A cache may hold more rows than the batch that runs on it: rows ``[0, B)`` serve the batch's ``B`` rows and
+the rest are neither read nor written, so a serving engine steps its busy leading slots on the whole cache
+without slicing it out and writing it back (which copies every slot).
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ class LayerCache:
             cache = jax.lax.dynamic_update_slice(cache, new[b][(None,) * (len(lead) + 1)], index)
         return cache
 
-    def read(self) -> tuple[jax.Array, jax.Array]:
-        """This layer's ``k, v [B, S, kv_heads, head_dim]``."""
-        if self.layer is None:
-            return self.k, self.v
-        return tuple(jax.lax.dynamic_index_in_dim(a, self.layer, keepdims=False) for a in (self.k, self.v))
+    def read(self, rows: int | None = None) -> tuple[jax.Array, jax.Array]:
+        """This layer's ``k, v [B, S, kv_heads, head_dim]``: the first ``rows`` rows when given."""
+        k, v = (self.k, self.v) if self.layer is None else (
+            jax.lax.dynamic_index_in_dim(a, self.layer, keepdims=False) for a in (self.k, self.v))
+        if rows is not None and rows < k.shape[0]:
+            k, v = k[:rows], v[:rows]
+        return k, v

@@ -91,7 +91,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta)
         if cache is not None:
             cache = cache.write(k, v, positions[:, 0])
-            k, v = cache.read()
+            k, v = cache.read(rows=b)  # a cache may hold more rows than the batch (serving slots)
         if self.form.packed and segment_ids is None:  # the kernel's attention (fused where the platform has one)
             out = self.form.kernel.attend(q, k, v, positions, attend)
         else:

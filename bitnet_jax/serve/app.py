@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bitnet_jax.errors import ApiError, BitNetError, EngineClosedError, QueueFullError
 from bitnet_jax.inference.chat import encode_chat, stop_token_ids
 from bitnet_jax.inference.streaming import IncrementalDecoder
-from bitnet_jax.serve.engine import Engine
+from bitnet_jax.serve.engine import PREFILL_BATCH, Engine
 from bitnet_jax.serve.metrics import Metrics
 
 MAX_STOP = 16
@@ -370,8 +370,9 @@ def create_app(engine: Engine, model_name: str, metrics: Metrics | None = None) 
 
 
 def build(model, *, slots: int = 8, max_queue: int = 64, context: int | None = None,
-          model_name: str = "default") -> tuple[FastAPI, Engine]:
+          prefill_batch: int | None = None, model_name: str = "default") -> tuple[FastAPI, Engine]:
     """An engine with its metrics and the app serving it (the engine starts with the app)."""
-    engine = Engine(model, slots=slots, max_queue=max_queue, context=context)
+    engine = Engine(model, slots=slots, max_queue=max_queue, context=context,
+                    prefill_batch=PREFILL_BATCH if prefill_batch is None else prefill_batch)
     engine.metrics = Metrics(stats=engine.stats)
     return create_app(engine, model_name), engine

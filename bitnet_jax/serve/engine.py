@@ -3,12 +3,14 @@
 The KV cache holds ``slots`` rows of ``context`` positions. Each step decodes one token for every slot
 (``[slots]`` tokens at ``[slots]`` positions, per-slot temperature / top-k / top-p / greedy flag as arrays
 and a per-slot RNG key), so requests with different lengths and sampling settings share one compiled
-program. Between steps a waiting request is prefilled alone (its prompt right-padded to a power-of-two
-bucket, the same buckets as :func:`bitnet_jax.generate`), its keys and values are copied into a free slot
-and its first token is sampled; a slot whose request has finished (stop token, ``max_tokens``, the end of
-the context) or was cancelled is free for the next request at once. Compiled programs: one decode step
-per power-of-two count of leading slots in use (the lowest free slot is filled first) and one prefill per
-prompt bucket, whatever the traffic (:meth:`Engine.compile_counts`).
+program. Between steps the waiting requests that fit the free slots are prefilled (each prompt
+right-padded to a power-of-two bucket, the same buckets as :func:`bitnet_jax.generate`; prompts of one
+bucket that arrive together are prefilled in one call of up to ``prefill_batch`` rows), their keys and
+values are copied into free slots and their first tokens are sampled; a slot whose request has finished
+(stop token, ``max_tokens``, the end of the context) or was cancelled is free for the next request at
+once. Compiled programs: one decode step per power-of-two count of leading slots in use (the lowest free
+slot is filled first) and one prefill per prompt bucket and power-of-two row count (at most
+``PREFILL_TOKENS`` tokens per call), whatever the traffic (:meth:`Engine.compile_counts`).
 
 The engine runs in its own thread; :meth:`Engine.submit` is thread-safe and returns a :class:`Request`
 whose events (tokens, then the finish reason) go to a callback or to a blocking iterator. An exception
@@ -34,6 +36,9 @@ from bitnet_jax.inference.generate import MIN_PROMPT_BUCKET, _check_ids, _module
 from bitnet_jax.inference.sampling import SamplingParams, filter_logits
 from bitnet_jax.model import BitNetModel, Transformer, init_cache
 
+PREFILL_BATCH = 4  # prompts of one bucket prefilled together, at most (Engine's default)
+PREFILL_TOKENS = 512  # rows x bucket of a batched prefill, at most (a longer prompt is prefilled alone)
+
 
 def _sample_slots(logits, keys, temperature, top_k, top_p, greedy):
     """One token per row of ``logits [S, V]`` with per-row settings ``[S]`` and keys ``[S, 2]``."""
@@ -55,33 +60,39 @@ def _decode_slots(params, cache, keys, tokens, positions, temperature, top_k, to
     """One decode step of slots ``[0, rows)`` (inputs ``[rows]``): their next tokens, the cache and keys.
 
     ``rows`` is a power-of-two bucket covering the busy slots (the engine fills the lowest free slot
-    first), so a lightly loaded engine does not pay for the head and layers of idle slots.
+    first), so a lightly loaded engine does not pay for the head and layers of idle slots. The model runs
+    on the whole cache (it reads and writes rows ``[0, rows)`` in place): slicing those rows out and writing
+    them back would copy every slot's keys and values each step.
     """
-    axis = 1 if module.form.scan_layers else 0  # the slot axis of the cache arrays
-    part = jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, rows, axis=axis), cache)
-    logits, part = module.apply({"params": params}, tokens[:, None], positions[:, None], part)
-    cache = jax.tree.map(lambda big, small: jax.lax.dynamic_update_slice_in_dim(big, small, 0, axis=axis),
-                         cache, part)
+    logits, cache = module.apply({"params": params}, tokens[:, None], positions[:, None], cache)
     pairs = jax.vmap(jax.random.split)(keys[:rows])  # [rows, 2, 2]: (carry, draw) as bj.generate splits its key
     token = _sample_slots(logits[:, -1, :], pairs[:, 1], temperature, top_k, top_p, greedy)
     return token, cache, keys.at[:rows].set(pairs[:, 0])
 
 
 @functools.partial(jax.jit, static_argnames=("module",), donate_argnames=("cache", "keys"))
-def _prefill_slot(params, cache, keys, slot, tokens, length, seed_key, temperature, top_k, top_p, greedy,
-                  module: Transformer):
-    """Prefill one prompt ``[1, P]`` (``length`` real tokens) into slot ``slot``; its first token."""
-    local = init_cache(module.config, 1, tokens.shape[1], stacked=module.form.scan_layers)
-    logits, local = module.apply({"params": params}, tokens, None, local, length - 1)
-    carry, draw = jax.random.split(seed_key)
-    token = _sample_slots(logits[:, -1, :], draw[None], temperature, top_k, top_p, greedy)
+def _prefill_slots(params, cache, keys, slots, tokens, lengths, seed_keys, temperature, top_k, top_p, greedy,
+                   module: Transformer):
+    """Prefill prompts ``tokens [n, P]`` (``lengths [n]`` real tokens each) into slots ``slots [n]``.
 
-    def put(big, small):  # big [(L,) S, C, ...], small [(L,) 1, P, ...]
+    Returns each row's first token, the cache and the keys. A row may repeat another row exactly (the
+    engine pads a batch to its power-of-two size that way): it writes the same values to the same slot.
+    """
+    n, size = tokens.shape
+    local = init_cache(module.config, n, size, stacked=module.form.scan_layers)
+    logits, local = module.apply({"params": params}, tokens, None, local, lengths - 1)
+    pairs = jax.vmap(jax.random.split)(seed_keys)  # [n, 2, 2]: (carry, draw) as bj.generate splits its key
+    token = _sample_slots(logits[:, -1, :], pairs[:, 1], temperature, top_k, top_p, greedy)
+
+    def put(big, small):  # big [(L,) S, C, ...], small [(L,) n, P, ...]: one in-place write per row
         lead = big.ndim - 4
-        return jax.lax.dynamic_update_slice(big, small.astype(big.dtype), (0,) * lead + (slot, 0, 0, 0))
+        for i in range(n):
+            row = jax.lax.slice_in_dim(small, i, i + 1, axis=lead).astype(big.dtype)
+            big = jax.lax.dynamic_update_slice(big, row, (0,) * lead + (slots[i], 0, 0, 0))
+        return big
 
     cache = jax.tree.map(put, cache, local)
-    return token[0], cache, keys.at[slot].set(carry)
+    return token, cache, keys.at[slots].set(pairs[:, 0])
 
 
 @dataclass
@@ -148,16 +159,19 @@ class Engine:
     """Continuous batching over ``slots`` decode slots of ``context`` positions each (see the module doc)."""
 
     def __init__(self, model: BitNetModel, *, slots: int = 8, max_queue: int = 64, context: int | None = None,
-                 metrics=None):
+                 prefill_batch: int = PREFILL_BATCH, metrics=None):
         limit = model.config.max_position_embeddings
         if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
             raise GenerationError(f"slots must be a positive integer, got {slots!r}")
         if not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 0:
             raise GenerationError(f"max_queue must be an integer >= 0, got {max_queue!r}")
+        if not isinstance(prefill_batch, int) or isinstance(prefill_batch, bool) or prefill_batch < 1:
+            raise GenerationError(f"prefill_batch must be a positive integer, got {prefill_batch!r}")
         context = limit if context is None else context
         if not isinstance(context, int) or isinstance(context, bool) or not 2 <= context <= limit:
             raise GenerationError(f"context must be an integer in [2, {limit}] (the model's context), got {context!r}")
         self.model, self.slots, self.max_queue, self.context = model, slots, max_queue, context
+        self.prefill_batch = min(prefill_batch, slots)
         self.metrics = metrics
         self.default_stop_ids = frozenset(default_stop_tokens(model))
         self._module = _module(model)
@@ -177,7 +191,8 @@ class Engine:
         self._accepting = True
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.steps = 0
+        self.steps = 0  # decode steps run
+        self.prefills = 0  # prefill calls run (each serves up to prefill_batch requests)
 
     # -- public API -------------------------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -238,17 +253,20 @@ class Engine:
         return [np.asarray(r.wait(), np.int32) for r in requests]
 
     def warmup(self) -> None:
-        """Compile the decode step and every prompt bucket's prefill now (before the engine serves)."""
-        sizes = sorted({bucket(n, MIN_PROMPT_BUCKET, self.context) for n in range(1, self.context)})
+        """Compile the decode step and every prompt bucket's prefills now (before the engine serves)."""
+        sizes = sorted({self._prompt_bucket(n) for n in range(1, self.context)})
         for size in sizes:
-            self._prefill(0, [0] * min(size, self.context - 1), 0.0, None, None, 0)
+            prompt = [0] * min(size, self.context - 1)
+            for rows in sorted({bucket(n, 1, self._prefill_rows(size)) for n in range(1, self._prefill_rows(size) + 1)}):
+                self._prefill(size, [(0, prompt, 0.0, None, None, 0)] * rows)
         for rows in self._row_buckets():
             self._step(rows)
         self._positions[:] = 0
+        self.steps = self.prefills = 0
 
     def compile_counts(self) -> dict[str, int]:
         """How many programs the engine's jitted functions hold (prefill: one per prompt bucket)."""
-        return {"decode": _decode_slots._cache_size(), "prefill": _prefill_slot._cache_size()}
+        return {"decode": _decode_slots._cache_size(), "prefill": _prefill_slots._cache_size()}
 
     def stats(self) -> dict[str, int]:
         """``{"slots", "busy", "waiting"}`` now."""
@@ -316,8 +334,7 @@ class Engine:
                     request = self._waiting.pop(0)
                     self._running[slot] = request
                     admitted.append((slot, request))
-        for slot, request in admitted:
-            self._admit(slot, request)
+        self._admit(admitted)
         self._reap_cancelled()
         if any(r is not None for r in self._running):
             try:
@@ -331,34 +348,59 @@ class Engine:
                 if r is not None:
                     self._deliver(slot, int(tokens[slot]))
 
-    def _admit(self, slot: int, request: Request) -> None:
-        if request._cancelled:
-            self._finish(slot, "cancelled")
-            return
-        try:
-            token = self._prefill(slot, request.prompt, request.temperature, request.top_k, request.top_p,
-                                  request.seed)
-        except Exception as e:  # noqa: BLE001
-            self._finish(slot, "error", e)
-            return
-        self._count("prompt_tokens", len(request.prompt))
-        self._deliver(slot, token)
+    def _admit(self, admitted: list[tuple[int, Request]]) -> None:
+        """Prefill the admitted requests (by prompt bucket, ``prefill_batch`` at a time); their first tokens."""
+        groups: dict[int, list[tuple[int, Request]]] = {}
+        for slot, request in admitted:
+            if request._cancelled:
+                self._finish(slot, "cancelled")
+            else:
+                groups.setdefault(self._prompt_bucket(len(request.prompt)), []).append((slot, request))
+        for size, members in groups.items():
+            step = self._prefill_rows(size)
+            for i in range(0, len(members), step):
+                group = members[i:i + step]
+                try:
+                    tokens = self._prefill(size, [(slot, r.prompt, r.temperature, r.top_k, r.top_p, r.seed)
+                                                  for slot, r in group])
+                except Exception as e:  # noqa: BLE001  (a failed prefill fails its own requests only)
+                    for slot, _ in group:
+                        self._finish(slot, "error", e)
+                    continue
+                for (slot, request), token in zip(group, tokens):
+                    self._count("prompt_tokens", len(request.prompt))
+                    self._deliver(slot, int(token))
 
-    def _prefill(self, slot, prompt, temperature, top_k, top_p, seed) -> int:
-        size = bucket(len(prompt), MIN_PROMPT_BUCKET, self.context)
-        tokens = np.zeros((1, size), np.int32)
-        tokens[0, : len(prompt)] = prompt
-        greedy = temperature == 0
-        self._temperature[slot] = 1.0 if greedy else temperature
-        self._top_k[slot] = top_k or self.model.config.vocab_size
-        self._top_p[slot] = 1.0 if top_p is None else top_p
-        self._greedy[slot] = greedy
-        token, self._cache, self._keys = _prefill_slot(
-            self.model.params, self._cache, self._keys, jnp.int32(slot), tokens, np.array([len(prompt)], np.int32),
-            jax.random.PRNGKey(seed), self._temperature[slot:slot + 1], self._top_k[slot:slot + 1],
-            self._top_p[slot:slot + 1], self._greedy[slot:slot + 1], module=self._module)
-        self._positions[slot] = len(prompt)
-        return int(token)
+    def _prompt_bucket(self, length: int) -> int:
+        return bucket(length, MIN_PROMPT_BUCKET, self.context)
+
+    def _prefill_rows(self, size: int) -> int:
+        """The most prompts of bucket ``size`` one prefill call takes."""
+        return max(1, min(self.prefill_batch, PREFILL_TOKENS // size))
+
+    def _prefill(self, size: int, rows: list[tuple]) -> np.ndarray:
+        """Prefill ``rows`` of ``(slot, prompt, temperature, top_k, top_p, seed)`` (prompts of bucket ``size``)
+        in one call padded to a power-of-two row count; each row's first token."""
+        count = len(rows)
+        rows = rows + [rows[-1]] * (bucket(count, 1, self._prefill_rows(size)) - count)  # repeats write the same
+        n = len(rows)
+        tokens, lengths, slots = np.zeros((n, size), np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32)
+        for i, (slot, prompt, temperature, top_k, top_p, _) in enumerate(rows):
+            tokens[i, : len(prompt)] = prompt
+            lengths[i], slots[i] = len(prompt), slot
+            greedy = temperature == 0
+            self._temperature[slot] = 1.0 if greedy else temperature
+            self._top_k[slot] = top_k or self.model.config.vocab_size
+            self._top_p[slot] = 1.0 if top_p is None else top_p
+            self._greedy[slot] = greedy
+        seeds = jnp.stack([jax.random.PRNGKey(row[5]) for row in rows])
+        token, self._cache, self._keys = _prefill_slots(
+            self.model.params, self._cache, self._keys, slots, tokens, lengths, seeds, self._temperature[slots],
+            self._top_k[slots], self._top_p[slots], self._greedy[slots], module=self._module)
+        self.prefills += 1
+        for slot, prompt, *_ in rows:
+            self._positions[slot] = len(prompt)
+        return np.asarray(token)[:count]
 
     def _row_buckets(self) -> list[int]:
         return sorted({bucket(n, 1, self.slots) for n in range(1, self.slots + 1)})

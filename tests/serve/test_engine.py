@@ -55,7 +55,8 @@ def test_sampling_matches_generate_with_the_same_seed(model, engine):
 
 def test_no_recompilation_in_steady_state(model, engine):
     # after warmup: one decode program per leading-slot bucket (1, 2, 3) and one prefill per prompt bucket
-    assert engine.warm_counts == {"decode": 3, "prefill": 3}
+    # (16, 32, 64) and row count (1, 2, 3: prompts of one bucket prefilled together)
+    assert engine.warm_counts == {"decode": 3, "prefill": 9}
     prompts = [_ids(model, p) for p in PROMPTS] + [list(range(1, 40))]  # buckets 16 and 64
     for round_ in range(3):  # mixed lengths, sampling settings and arrival: no new program
         reqs = [engine.submit(p[: len(p) - round_], max_tokens=3 + 2 * i + round_, temperature=0.3 * (i % 2),
@@ -64,6 +65,25 @@ def test_no_recompilation_in_steady_state(model, engine):
         for r in reqs:
             r.wait(120)
     assert engine.compile_counts() == engine.warm_counts
+
+
+def test_prompts_arriving_together_share_one_prefill(model, engine, references):
+    """Requests of one prompt bucket admitted at once are prefilled in one call, with the same tokens."""
+    e = Engine(model, slots=4, context=64, prefill_batch=4)  # not started: all four wait for the first step
+    prompts = [p for p in PROMPTS if len(_ids(model, p)) <= 16]
+    assert len(prompts) >= 3
+    sampled = dict(temperature=0.8, top_k=40, top_p=0.9, seed=3)
+    reqs = [e.submit(_ids(model, p), max_tokens=REF_TOKENS) for p in prompts[:3]]
+    reqs.append(e.submit(_ids(model, prompts[0]), max_tokens=REF_TOKENS, **sampled))
+    e.start()
+    try:
+        for p, r in zip(prompts[:3], reqs[:3]):
+            assert r.wait(120) == references[p], p
+        assert reqs[3].wait(120) == bj.generate(model, [_ids(model, prompts[0])], max_new_tokens=REF_TOKENS,
+                                                **sampled)[0].tolist()
+        assert e.prefills == 1
+    finally:
+        e.shutdown(drain=False)
 
 
 def test_cancel_frees_the_slot_and_stream_yields_tokens(model, engine):
@@ -118,3 +138,18 @@ def test_sampled_rows_follow_their_own_settings(model, engine):
     reqs = [engine.submit(ids, max_tokens=REF_TOKENS, temperature=5.0, top_k=1, seed=s) for s in range(3)]
     assert all(r.wait(120) == greedy for r in reqs)
     assert np.isfinite(engine.steps)
+
+
+def test_a_decode_step_of_few_slots_does_not_copy_the_cache(model):
+    """The step runs the model on the whole cache in place: its temporaries are far smaller than the cache
+    (slicing the busy slots out and writing them back made a copy of every slot each step)."""
+    import jax
+
+    from bitnet_jax.serve import engine as engine_lib
+
+    e = Engine(model, slots=16)
+    cache_bytes = sum(a.nbytes for a in jax.tree.leaves(e._cache))
+    compiled = engine_lib._decode_slots.lower(
+        model.params, e._cache, e._keys, e._tokens[:1], e._positions[:1], e._temperature[:1], e._top_k[:1],
+        e._top_p[:1], e._greedy[:1], module=e._module, rows=1).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < cache_bytes / 8
