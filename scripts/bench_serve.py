@@ -226,7 +226,7 @@ def main() -> None:
             logs.mkdir(exist_ok=True)
             servers = [Server("bitnet-jax", [
                 sys.executable, "-m", "bitnet_jax.cli", "serve", "--model", info["ours"], "--port", str(port),
-                "--slots", str(args.slots), "--context", str(context), "--max-queue", "256", "--no-warmup"], port,
+                "--slots", str(args.slots), "--context", str(context), "--max-queue", "256"], port,
                 logs / f"ours-{name}.log", "/health")]
             try:
                 if not entry["peer_skipped"]:
@@ -237,10 +237,8 @@ def main() -> None:
                         "--n_threads_batch", str(args.threads), "--interrupt_requests", "False"], port,
                         logs / f"peer-{name}.log", "/v1/models"))
                 body = {"prompt": info["prompt"], "max_tokens": args.output_tokens, "temperature": 0, "stream": True}
-                for s in servers:  # warm-up: compiles our decode step for every row bucket a level can use
-                    for c in ([1] if s.name != "bitnet-jax" else
-                              [1 << i for i in range(args.slots.bit_length()) if 1 << i <= args.slots]):
-                        asyncio.run(burst(s.url, {**body, "max_tokens": 3}, c))
+                for s in servers:  # warm-up (ours compiled every program before it listened)
+                    asyncio.run(burst(s.url, {**body, "max_tokens": 3}, 1))
                 runs: dict[str, list] = {s.name: [] for s in servers}
                 for i, c in enumerate(levels):
                     order = servers if i % 2 == 0 else servers[::-1]
