@@ -256,8 +256,8 @@ class Engine:
         """Compile the decode step and every prompt bucket's prefills now (before the engine serves)."""
         sizes = sorted({self._prompt_bucket(n) for n in range(1, self.context)})
         for size in sizes:
-            prompt = [0] * min(size, self.context - 1)
-            for rows in sorted({bucket(n, 1, self._prefill_rows(size)) for n in range(1, self._prefill_rows(size) + 1)}):
+            prompt, most = [0] * min(size, self.context - 1), self._prefill_rows(size)
+            for rows in sorted({bucket(n, 1, most) for n in range(1, most + 1)}):
                 self._prefill(size, [(0, prompt, 0.0, None, None, 0)] * rows)
         for rows in self._row_buckets():
             self._step(rows)
@@ -265,7 +265,7 @@ class Engine:
         self.steps = self.prefills = 0
 
     def compile_counts(self) -> dict[str, int]:
-        """How many programs the engine's jitted functions hold (prefill: one per prompt bucket)."""
+        """How many programs the engine's jitted functions hold (prefill: one per prompt bucket and row count)."""
         return {"decode": _decode_slots._cache_size(), "prefill": _prefill_slots._cache_size()}
 
     def stats(self) -> dict[str, int]:
