@@ -327,10 +327,15 @@ def parse_llama_bench(text: str) -> dict[str, Any]:
     return out
 
 
+def bitnet_cpp_command(args: argparse.Namespace, path: Path) -> list[str]:
+    """bitnet.cpp's ``llama-bench`` command line on ``path``."""
+    return [str(Path(args.bitnet_cpp).resolve()), "-m", str(path), "-p", str(PREFILL_LEN),
+            "-n", str(BITNET_CPP_GEN), "-t", str(args.threads), "-r", str(args.inner), "-o", "json"]
+
+
 def run_bitnet_cpp(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     """One ``llama-bench`` process of bitnet.cpp on ``path``: pp128 and tg32 tokens/s."""
-    cmd = [str(Path(args.bitnet_cpp).resolve()), "-m", str(path), "-p", str(PREFILL_LEN),
-           "-n", str(BITNET_CPP_GEN), "-t", str(args.threads), "-r", str(args.inner), "-o", "json"]
+    cmd = bitnet_cpp_command(args, path)
     t0 = _now()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
@@ -475,8 +480,7 @@ def main() -> None:
         "bitnet_cpp_skipped": bitnet_skip,
         "bitnet_cpp": None if bitnet_skip else {
             "llama_bench": str(Path(args.bitnet_cpp).resolve()), "gguf": bcpp.name, "gguf_arch": "bitnet",
-            "command": f"llama-bench -m {bcpp.name} -p {PREFILL_LEN} -n {BITNET_CPP_GEN} -t {args.threads} "
-                       f"-r {args.inner} -o json",
+            "command": " ".join(["llama-bench", *bitnet_cpp_command(args, Path(bcpp.name))[1:]]),
             "version": bitnet_cpp_version(args), "caveats": BITNET_CPP_CAVEATS},
         "runs": runs,
     }

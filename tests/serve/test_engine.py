@@ -67,7 +67,7 @@ def test_no_recompilation_in_steady_state(model, engine):
     assert engine.compile_counts() == engine.warm_counts
 
 
-def test_prompts_arriving_together_share_one_prefill(model, engine, references):
+def test_prompts_arriving_together_share_one_prefill(model, references):
     """Requests of one prompt bucket admitted at once are prefilled in one call, with the same tokens."""
     e = Engine(model, slots=4, context=64, prefill_batch=4)  # not started: all four wait for the first step
     prompts = [p for p in PROMPTS if len(_ids(model, p)) <= 16]
