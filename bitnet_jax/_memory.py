@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 from typing import Any
+
+import numpy as np
 
 
 def release_host_memory() -> None:
@@ -13,6 +16,26 @@ def release_host_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: glibc when it is there
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+
+
+def release_pages(view: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped file that ``view`` covers from this process's memory.
+
+    For a view into a read-only ``np.memmap`` (a GGUF tensor that has been decoded or copied): the pages
+    wholly inside it leave the resident set at once instead of when the map closes, so a loader that
+    reads a file tensor by tensor holds one tensor's pages at a time. Touching the view again reads
+    the file again. Anything else (a copy, a writable map, a non-contiguous view) is left alone.
+    """
+    root = view  # the np.memmap made over the map itself (slices of a memmap are memmaps too)
+    while root is not None and not (isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)):
+        root = getattr(root, "base", None)
+    if root is None or root.mode != "r" or not view.flags.c_contiguous or not hasattr(root.base, "madvise"):
+        return
+    handle = root.base
+    start = view.ctypes.data - (root.ctypes.data - root.offset % mmap.ALLOCATIONGRANULARITY)
+    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, (start + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        handle.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def compiled_programs(fn: Any) -> int:

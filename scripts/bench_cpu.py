@@ -40,8 +40,10 @@ A process's figures:
   uses relu² (elementwise: no effect on speed), so its outputs are not the model's;
 * CLI: ``process_s``, the whole ``bitnet-jax generate`` process, 64 new tokens (``start_to_first_output_s``
   is its first stdout byte, which can be the echoed prompt rather than the first token);
-* memory: ``rss_bytes`` (VmRSS) at the end, ``peak_rss_load_bytes`` (VmHWM after loading) and
-  ``rss_after_load_bytes``; ``model_bytes`` is the packed body + head as held in memory.
+* memory: ``rss_bytes`` (VmRSS) at the end (after the batched runs and their programs),
+  ``rss_single_stream_bytes`` after the single-row decode runs, ``peak_rss_load_bytes`` (VmHWM after
+  loading) and ``rss_after_load_bytes``; ``model_bytes`` is the packed body + head as held in memory;
+  ``cold_peak_load_over_final_rss`` is the cold run's load peak over its RSS after loading.
 
 The head is the exact float head (``head: exact``) unless ``--head int8``. The figures reported are
 medians over ``--repeats`` processes.
@@ -141,7 +143,7 @@ def jax_worker(args: argparse.Namespace) -> dict[str, Any]:
     gen_mod = importlib.import_module("bitnet_jax.inference.generate")
 
     t0 = _now()
-    model = bj.from_pretrained(args.gguf_path, scan_layers=args.scan_layers)
+    model = bj.from_pretrained(args.gguf_path, scan_layers={"auto": None, "on": True, "off": False}[args.scan_layers])
     jax.block_until_ready(model.params)
     out: dict[str, Any] = {"load_s": _now() - t0, "import_s": t0 - t_import}
     mem = memory_status()
@@ -150,6 +152,7 @@ def jax_worker(args: argparse.Namespace) -> dict[str, Any]:
         model = bj.with_int8_head(model)
     leaves = jax.tree_util.tree_leaves(model.params)
     out["model_bytes"] = int(sum(x.nbytes for x in leaves))
+    out["scan_layers"] = model.form.scan_layers
     vocab = model.config.vocab_size
     p32 = prompt_ids(vocab, PROMPT_LEN)
     kw = dict(stop_tokens=())
@@ -189,6 +192,7 @@ def jax_worker(args: argparse.Namespace) -> dict[str, Any]:
         return n / (time.perf_counter() - t)
 
     out["stream_decode_tok_s"] = max(stream_time() for _ in range(reps))
+    out["rss_single_stream_bytes"] = memory_status()["rss"]  # one row decoded: the model and one program
     p128 = prompt_ids(vocab, PREFILL_LEN)
     timed([p128], 1)  # compile the 128 bucket
     out["prefill128_tok_s"] = PREFILL_LEN / min(timed([p128], 1) for _ in range(reps))
@@ -259,8 +263,7 @@ def run_worker(args: argparse.Namespace, engine: str, path: Path, cold: bool = F
     """Run one engine's worker process; its figures, with ``start_to_first_token_s`` from the spawn."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--gguf-path", str(path),
            "--threads", str(args.threads), "--inner", str(args.inner), "--head", args.head]
-    if args.scan_layers:
-        cmd.append("--scan-layers")
+    cmd += ["--scan-layers", args.scan_layers]
     if cold:
         cmd.append("--cold")
     t0 = _now()
@@ -372,7 +375,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inner", type=int, default=3, help="timed runs per figure inside a process (best of)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--head", choices=("exact", "int8"), default="exact")
-    p.add_argument("--scan-layers", action="store_true")
+    p.add_argument("--scan-layers", choices=("auto", "on", "off"), default="auto",
+                   help="from_pretrained's scan_layers: auto (its default: None), on (True), off (False)")
     p.add_argument("--no-llamacpp", action="store_true")
     p.add_argument("--no-cli", action="store_true")
     p.add_argument("--bitnet-cpp", help="bitnet.cpp's built llama-bench (skipped when absent), e.g. from "
@@ -475,7 +479,10 @@ def main() -> None:
         "start_to_first_token_over_llamacpp": (round(ours["start_to_first_token_s"] / peer["start_to_first_token_s"], 3)
                                                if peer.get("start_to_first_token_s") else None),
         "rss_over_model_bytes": round(ours["rss_bytes"] / ours["model_bytes"], 3),
+        "rss_single_stream_over_model_bytes": round(ours["rss_single_stream_bytes"] / ours["model_bytes"], 3),
         "peak_load_over_final_rss": round(ours["peak_rss_load_bytes"] / ours["rss_after_load_bytes"], 3),
+        "cold_peak_load_over_final_rss": (round(cold["peak_rss_load_bytes"] / cold["rss_after_load_bytes"], 3)
+                                          if cold else None),
         "llamacpp_skipped": llama_skip,
         "bitnet_cpp_skipped": bitnet_skip,
         "bitnet_cpp": None if bitnet_skip else {

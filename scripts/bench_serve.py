@@ -9,15 +9,17 @@ For each model, ``bitnet-jax serve`` (continuous batching over ``--slots`` slots
 ``llama-cpp-python`` is installed with its server extra (the ``bench`` extra), ``python -m
 llama_cpp.server`` on the same weights run at the same time on 127.0.0.1; for each concurrency level
 (1, 4, 8, 16 streaming clients by default) the two servers are driven in turn (the order alternating
-level by level), each level a fresh burst of ``c`` streaming ``/v1/completions`` requests with the same
-prompt, ``--output-tokens`` tokens each, greedy. Per level: aggregate output tokens/s (all streams'
+level by level), each level a fresh burst of ``c`` streaming ``/v1/completions`` requests, greedy, ``--output-tokens``
+tokens each, every request with its own prompt of ``--prompt-tokens`` random letters (one token each in the
+byte-level tokenizer): a repeated prompt would let llama-cpp-python's server reuse the previous request's
+cached prefix and skip its prefill, which real traffic does not allow. Per level: aggregate output tokens/s (all streams'
 tokens over the burst's wall time), time to first token (request sent -> first token chunk) and
 inter-token latency (gaps between token chunks) p50/p99. Tokens are counted as stream chunks (both servers
 send one per token, its text possibly empty).
 
 Models: ``default`` (the bundled model, served from its directory; llama.cpp is skipped: its 192-wide
 rows are no multiple of TQ2_0's 256-value blocks) and ``2b4t`` (the BitNet b1.58 2B4T shape with random
-weights, ``--layers`` of its 30 layers to fit the time, and SiLU for relu^2 as llama.cpp's ``bitnet``
+weights, all 30 layers unless ``--layers`` says fewer, and SiLU for relu^2 as llama.cpp's ``bitnet``
 graph computes; exported as a TQ2_0 GGUF file with a BF16 embedding, as the real model's table is bfloat16, that both
 servers load). ``bj.generate`` single-stream decode of the same prompt and length is measured in this
 process for reference (``generate_tokens_per_s``).
@@ -105,11 +107,12 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> dict[st
     return {"times": times}
 
 
-async def burst(url: str, body: dict, concurrency: int) -> dict[str, Any]:
-    """``concurrency`` streams at once; aggregate tokens/s, TTFT and ITL percentiles."""
+async def burst(url: str, bodies: list[dict]) -> dict[str, Any]:
+    """One stream per body, all at once; aggregate tokens/s, TTFT and ITL percentiles."""
+    concurrency = len(bodies)
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, url, body) for _ in range(concurrency)))
+        results = await asyncio.gather(*(one_stream(client, url, body) for body in bodies))
         wall = time.perf_counter() - t0
     tokens = sum(len(r["times"]) for r in results)
     ttft = [r["times"][0] for r in results if r["times"]]
@@ -132,7 +135,7 @@ def prepare(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from bitnet_jax.io.gguf_write import write_gguf
 
     if name == "default":
-        return {"ours": str(bj.DEFAULT_MODEL), "gguf": None, "prompt": "def fibonacci(n):\n    " * 4,
+        return {"ours": str(bj.DEFAULT_MODEL), "gguf": None, "prompt": lambda i: "def fibonacci(n):\n    " * 4,
                 "peer_skipped": "the default model's 192-wide rows are no multiple of TQ2_0's 256-value blocks",
                 "description": "the bundled default model (2.4M parameters)"}
     if name != "2b4t":
@@ -150,11 +153,13 @@ def prepare(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     # same 16-bit table (an F32 one would double the bytes each decoded token reads)
     path = write_gguf(ckpt.config, ckpt.tensors, byte_level_tokenizer(), tmp / "bench-2b4t-tq2_0.gguf", "tq2_0",
                       embed_type="bf16")
-    rng = np.random.default_rng(1)
-    prompt = "".join(chr(c) for c in rng.integers(ord("a"), ord("z") + 1, args.prompt_tokens))
+    def prompt(i: int) -> str:  # request i's prompt: its own random letters (one token each), the same length
+        rng = np.random.default_rng(1 + i)
+        return "".join(chr(c) for c in rng.integers(ord("a"), ord("z") + 1, args.prompt_tokens))
+
     return {"ours": str(path), "gguf": str(path), "prompt": prompt, "peer_skipped": None,
             "description": f"the BitNet b1.58 2B4T shape with random weights, {args.layers} of its {full_layers} "
-                           "layers (fewer layers to fit the benchmark's time; per-layer work is the 2B4T's) and SiLU for "
+                           "layers and SiLU for "
                            "relu^2 (llama.cpp's 'bitnet' graph; same cost), exported as TQ2_0 GGUF with a BF16 embedding for both servers",
             "shape": {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                       "num_attention_heads", "num_key_value_heads", "vocab_size")}}
@@ -181,7 +186,7 @@ def main() -> None:
     """Run the benchmark and print (and optionally write) the JSON record."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="default,2b4t")
-    p.add_argument("--layers", type=int, default=4, help="layers of the 2B4T-shaped random model (2B4T: 30)")
+    p.add_argument("--layers", type=int, default=30, help="layers of the 2B4T-shaped random model (2B4T: 30)")
     p.add_argument("--concurrency", default="1,4,8,16")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--output-tokens", type=int, default=32)
@@ -217,7 +222,7 @@ def main() -> None:
             context = 2 * args.prompt_tokens + args.output_tokens + 64  # room for the prompt in either tokenizer
             entry: dict[str, Any] = {"description": info["description"], "shape": info.get("shape"),
                                      "context": context, "slots": args.slots}
-            entry.update(generate_rate(info["ours"], info["prompt"], args.output_tokens))
+            entry.update(generate_rate(info["ours"], info["prompt"](0), args.output_tokens))
             entry["peer_skipped"] = info["peer_skipped"] or (peer_missing if info["gguf"] else None)
             if args.no_peer:
                 entry["peer_skipped"] = "--no-peer"
@@ -236,14 +241,17 @@ def main() -> None:
                         "--port", str(port), "--n_ctx", str(context), "--n_threads", str(args.threads),
                         "--n_threads_batch", str(args.threads), "--interrupt_requests", "False"], port,
                         logs / f"peer-{name}.log", "/v1/models"))
-                body = {"prompt": info["prompt"], "max_tokens": args.output_tokens, "temperature": 0, "stream": True}
+                def bodies(first: int, count: int, max_tokens: int = args.output_tokens) -> list[dict]:
+                    return [{"prompt": info["prompt"](first + j), "max_tokens": max_tokens, "temperature": 0,
+                             "stream": True} for j in range(count)]
+
                 for s in servers:  # warm-up (ours compiled every program before it listened)
-                    asyncio.run(burst(s.url, {**body, "max_tokens": 3}, 1))
+                    asyncio.run(burst(s.url, bodies(0, 1, 3)))
                 runs: dict[str, list] = {s.name: [] for s in servers}
                 for i, c in enumerate(levels):
                     order = servers if i % 2 == 0 else servers[::-1]
-                    for s in order:
-                        result = asyncio.run(burst(s.url, body, c))
+                    for s in order:  # every request its own prompt: no server reuses a cached prefix
+                        result = asyncio.run(burst(s.url, bodies(1000 * (i + 1), c)))
                         runs[s.name].append(result)
                         print(name, s.name, json.dumps(result), flush=True)
                         time.sleep(0.3)

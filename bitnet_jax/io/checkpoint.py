@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitnet_jax._memory import release_pages
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError
 from bitnet_jax.io.names import TensorName, get_node, set_node, tensor_names, ternary_tensors
@@ -87,8 +88,9 @@ CHUNK_ROWS = 4096  # rows converted at a time: temporaries stay small even for a
 def float_tensor(src: str, t: TensorName, value: Any, dtype: Any = np.float32) -> np.ndarray:
     """A checkpoint's float tensor ``t`` as ``dtype``, checked (not ternary, shape, finite).
 
-    Converted in chunks of rows, so a 2-byte tensor (a memory-mapped F16 table, say) never exists as a
-    whole float32 copy. ``dtype="table"`` picks bfloat16 when every value is exactly a bfloat16 (a
+    Converted (or copied into a 64-byte aligned buffer the CPU device adopts) in chunks of rows, so a
+    2-byte tensor (a memory-mapped F16 table, say) never exists as a whole float32 copy, and a
+    memory-mapped file's rows leave the resident set once copied (:func:`~bitnet_jax._memory.release_pages`). ``dtype="table"`` picks bfloat16 when every value is exactly a bfloat16 (a
     table exported from a bfloat16 model: the exact head then reads half the bytes), else float32.
     """
     if isinstance(value, TernaryTensor):
@@ -98,22 +100,26 @@ def float_tensor(src: str, t: TensorName, value: Any, dtype: Any = np.float32) -
     try:
         bf16 = np.dtype(jnp.bfloat16)
         want = bf16 if isinstance(dtype, str) and dtype == "table" else np.dtype(dtype)
-        if np.ndim(value) < 2 or np.dtype(getattr(value, "dtype", np.float32)) == want:
+        if np.ndim(value) < 2:
             arr = np.asarray(value).astype(want, copy=False)
             _check_values(src, t, arr.astype(np.float32, copy=False))
             return arr
         out = aligned_empty(t.shape, want)
         for start in range(0, t.shape[0], CHUNK_ROWS):
             rows = slice(start, start + CHUNK_ROWS)
-            chunk = np.asarray(value[rows], dtype=np.float32)
+            part = value[rows]
+            chunk = np.asarray(part, dtype=np.float32)
             _check_values(src, t, chunk)
-            conv = chunk.astype(want)
-            if dtype == "table" and want == bf16 and not np.array_equal(conv.astype(np.float32), chunk):
+            same = np.dtype(getattr(part, "dtype", np.float32)) == want
+            conv = np.asarray(part) if same else chunk.astype(want)
+            if not same and dtype == "table" and want == bf16 and not np.array_equal(conv.astype(np.float32), chunk):
                 wide = aligned_empty(t.shape, np.float32)  # not a bfloat16 table: keep it exact in float32
                 wide[:start] = out[:start]
                 out, want = wide, np.dtype(np.float32)
                 conv = chunk
             out[rows] = conv
+            if isinstance(part, np.ndarray):
+                release_pages(part)  # a memory-mapped file's rows, copied: out of the resident set now
         return out
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{src}: tensor {t.hf} is not a float tensor ({e})") from None
@@ -137,10 +143,15 @@ def check_no_extra(src: str, tensors: dict[str, Any], expected: set[str]) -> Non
         raise CheckpointError(f"{src}: unexpected tensor(s) not part of this model config: {shown}")
 
 
-def checkpoint_to_params(ckpt: Checkpoint, kernel: Kernel) -> dict:
+def checkpoint_to_params(ckpt: Checkpoint, kernel: Kernel, consume: bool = False) -> dict:
     """Validate a checkpoint against its config and build the packed parameter tree (NumPy leaves)
-    with the ternary weights in ``kernel``'s layout."""
-    config, tensors, src = ckpt.config, dict(ckpt.tensors), ckpt.source
+    with the ternary weights in ``kernel``'s layout.
+
+    ``consume=True`` drops each of ``ckpt``'s tensors once converted (the checkpoint is unusable
+    afterwards), so the source and packed copies of the weights never all exist at once.
+    """
+    config, src = ckpt.config, ckpt.source
+    tensors = ckpt.tensors if consume else dict(ckpt.tensors)
     if config.tie_word_embeddings and "lm_head.weight" in tensors:
         tensors.pop("lm_head.weight")  # a tied head stored explicitly is the embedding again
     params: dict = {}
@@ -165,10 +176,13 @@ def checkpoint_to_params(ckpt: Checkpoint, kernel: Kernel) -> dict:
             packed = layouts.repack(PackedWeight(codes, None, layouts.ROWS4.name, t.shape), kernel.layout)
             set_node(params, t.path + ("weight_packed",), packed)
             set_node(params, t.path + ("weight_scale",), np.float32(value.scale))
-            continue
-        table = len(t.path) == 1 and t.path[0] in TABLES
-        dtype = ("table" if np.dtype(config.dtype) == np.float32 else config.dtype) if table else np.float32
-        set_node(params, t.path, float_tensor(src, t, value, dtype))
+        else:
+            table = len(t.path) == 1 and t.path[0] in TABLES
+            dtype = ("table" if np.dtype(config.dtype) == np.float32 else config.dtype) if table else np.float32
+            set_node(params, t.path, float_tensor(src, t, value, dtype))
+        if consume:
+            tensors[t.hf] = None  # (the key stays for the check of unexpected tensors below)
+        del value
     check_no_extra(src, tensors, expected)
     return params
 

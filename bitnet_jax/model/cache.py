@@ -58,8 +58,12 @@ class LayerCache:
 
     def read(self, rows: int | None = None) -> tuple[jax.Array, jax.Array]:
         """This layer's ``k, v [B, S, kv_heads, head_dim]``: the first ``rows`` rows when given."""
-        k, v = (self.k, self.v) if self.layer is None else (
-            jax.lax.dynamic_index_in_dim(a, self.layer, keepdims=False) for a in (self.k, self.v))
-        if rows is not None and rows < k.shape[0]:
-            k, v = k[:rows], v[:rows]
-        return k, v
+        return self._read(self.k, rows), self._read(self.v, rows)
+
+    def _read(self, cache: jax.Array, rows: int | None) -> jax.Array:
+        if self.layer is None:
+            return cache if rows is None or rows >= cache.shape[0] else cache[:rows]
+        # one slice of the stack: this layer's first rows only (indexing the layer first would copy every row)
+        rows = cache.shape[1] if rows is None else min(rows, cache.shape[1])
+        start = (self.layer,) + (jnp.int32(0),) * (cache.ndim - 1)
+        return jax.lax.dynamic_slice(cache, start, (1, rows, *cache.shape[2:]))[0]

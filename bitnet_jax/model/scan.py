@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitnet_jax._memory import release_host_memory
 from bitnet_jax.errors import ConfigError
 from bitnet_jax.model.cache import LayerCache
 from pallas_kernels import PackedWeight
@@ -29,16 +30,32 @@ def _is_packed(x: Any) -> bool:
     return isinstance(x, PackedWeight)
 
 
-def stack_layers(params: dict, num_layers: int) -> dict:
-    """Unrolled parameters (``layers_0 .. layers_{L-1}``) as the stacks of a ``scan_layers`` model (NumPy)."""
+def stack_layers(params: dict, num_layers: int, consume: bool = False) -> dict:
+    """Unrolled parameters (``layers_0 .. layers_{L-1}``) as the stacks of a ``scan_layers`` model (NumPy).
+
+    ``consume=True`` takes the layers out of ``params`` and drops each layer's array as soon as its
+    stack is built, so the weights exist twice only one stack at a time (a loader's peak memory).
+    """
     per_layer = [params[f"layers_{i}"] for i in range(num_layers)]
     structures = {jax.tree_util.tree_structure(layer) for layer in per_layer}
     if len(structures) > 1:
         raise ConfigError("scan_layers needs every layer to hold the same parameters; these layers differ "
                           "(modules_to_not_convert keeps a linear float in some layers only): load without scan_layers")
     rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
-    stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *per_layer)
-    return {**rest, LAYERS: stacked}
+    treedef = structures.pop()
+    leaves = [jax.tree_util.tree_leaves(layer) for layer in per_layer]
+    del per_layer
+    if consume:
+        for i in range(num_layers):
+            del params[f"layers_{i}"]
+    stacks = []
+    for j in range(treedef.num_leaves):
+        stacks.append(np.stack([np.asarray(layer[j]) for layer in leaves]))
+        if consume:
+            for layer in leaves:
+                layer[j] = None
+            release_host_memory()  # the layers' arrays sat on the heap: hand their pages back now
+    return {**rest, LAYERS: jax.tree_util.tree_unflatten(treedef, stacks)}
 
 
 def unstack_layers(params: dict) -> dict:

@@ -4,7 +4,7 @@ The KV cache holds ``slots`` rows of ``context`` positions. Each step decodes on
 (``[slots]`` tokens at ``[slots]`` positions, per-slot temperature / top-k / top-p / greedy flag as arrays
 and a per-slot RNG key), so requests with different lengths and sampling settings share one compiled
 program. Between steps the waiting requests that fit the free slots are prefilled (each prompt
-right-padded to a power-of-two bucket, the same buckets as :func:`bitnet_jax.generate`; prompts of one
+right-padded to a bucket, a power of two or 1.5x one: :func:`prompt_bucket`; prompts of one
 bucket that arrive together are prefilled in one call of up to ``prefill_batch`` rows), their keys and
 values are copied into free slots and their first tokens are sampled; a slot whose request has finished
 (stop token, ``max_tokens``, the end of the context) or was cancelled is free for the next request at
@@ -34,10 +34,25 @@ import numpy as np
 from bitnet_jax.errors import EngineClosedError, GenerationError, QueueFullError
 from bitnet_jax.inference.generate import MIN_PROMPT_BUCKET, _check_ids, _module, bucket, default_stop_tokens
 from bitnet_jax.inference.sampling import SamplingParams, filter_logits
+from pallas_kernels.attention import MIN_FUSED_T
 from bitnet_jax.model import BitNetModel, Transformer, init_cache
 
 PREFILL_BATCH = 4  # prompts of one bucket prefilled together, at most (Engine's default)
 PREFILL_TOKENS = 512  # rows x bucket of a batched prefill, at most (a longer prompt is prefilled alone)
+
+
+def prompt_bucket(n: int, minimum: int, cap: int) -> int:
+    """The prefill length of an ``n``-token prompt: the smallest power of two or 1.5x a power of two
+    >= max(n, minimum), capped at ``cap``; from 128 up only multiples of 128 (the fused attention's block).
+
+    Half-steps pad a prompt by at most 50% (33 tokens: 48, not 64), for about twice the programs of
+    powers of two; prefill is the engine's largest computation, and its cost grows with the padded length.
+    """
+    size = bucket(n, minimum)
+    half = size // 4 * 3
+    if size % 4 == 0 and half >= max(n, minimum) and (half < MIN_FUSED_T or half % MIN_FUSED_T == 0):
+        size = half
+    return min(size, cap)
 
 
 def _sample_slots(logits, keys, temperature, top_k, top_p, greedy):
@@ -372,7 +387,7 @@ class Engine:
                     self._deliver(slot, int(token))
 
     def _prompt_bucket(self, length: int) -> int:
-        return bucket(length, MIN_PROMPT_BUCKET, self.context)
+        return prompt_bucket(length, MIN_PROMPT_BUCKET, self.context)
 
     def _prefill_rows(self, size: int) -> int:
         """The most prompts of bucket ``size`` one prefill call takes."""

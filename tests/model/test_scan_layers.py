@@ -81,3 +81,40 @@ def test_scanned_model_initialises_stacked_parameters():
     codes = params["layers"]["self_attn"]["q_proj"]["weight_packed"].codes
     assert codes.shape[0] == config.num_hidden_layers
     assert np.isfinite(np.asarray(forward(BitNetModel(config, params, form=form), [[1, 2, 3]]))).all()
+
+
+@pytest.mark.skipif(not cpu.AVAILABLE, reason="the CPU kernel reads stacked layers in place")
+def test_loading_scans_deep_models_on_a_kernel_that_reads_stacks_in_place(tmp_path, monkeypatch):
+    """``scan_layers=None`` (from_pretrained's default): deep models on the CPU kernel are scanned, shallow
+    ones, kernels without an in-place stacked read and models whose layers differ are unrolled; both
+    forms give the same tokens, and the packed-layout cache gives back the form it stored."""
+    import dataclasses
+
+    from bitnet_jax.io import model_from_checkpoint, random_checkpoint
+    from bitnet_jax.io.loading import SCAN_MIN_LAYERS, resolve_scan_layers
+    from pallas_kernels import get_kernel
+
+    deep = dataclasses.replace(ModelConfig.preset("tiny"), num_hidden_layers=SCAN_MIN_LAYERS)
+    ckpt = random_checkpoint(deep, seed=5)
+    cpu_kernel, xla_kernel = get_kernel("cpu"), get_kernel("xla")
+    assert resolve_scan_layers(None, SCAN_MIN_LAYERS, cpu_kernel)
+    assert not resolve_scan_layers(None, SCAN_MIN_LAYERS - 1, cpu_kernel)
+    assert not resolve_scan_layers(None, SCAN_MIN_LAYERS, xla_kernel)
+    assert resolve_scan_layers(True, 1, xla_kernel) and not resolve_scan_layers(False, 64, cpu_kernel)
+    auto = model_from_checkpoint(ckpt, cpu_kernel, scan_layers=None)
+    assert auto.form.scan_layers and "layers" in auto.params
+    unrolled = model_from_checkpoint(ckpt, cpu_kernel, scan_layers=False)
+    assert not model_from_checkpoint(ckpt, xla_kernel, scan_layers=None).form.scan_layers
+    prompts = [[1, 5, 9], [7, 8, 9, 10, 11]]
+    assert ([t.tolist() for t in generate(auto, prompts, max_new_tokens=6, stop_tokens=())]
+            == [t.tolist() for t in generate(unrolled, prompts, max_new_tokens=6, stop_tokens=())])
+
+    odd = dataclasses.replace(deep, modules_to_not_convert=("lm_head", "model.layers.1.self_attn.q_proj"))
+    assert not model_from_checkpoint(random_checkpoint(odd, seed=5), cpu_kernel, scan_layers=None).form.scan_layers
+
+    monkeypatch.setenv("BITNET_JAX_PACKED_CACHE", str(tmp_path / "cache"))
+    path = save_pretrained(unrolled, tmp_path / "deep.gguf", "gguf")
+    first = from_pretrained(path, kernel="cpu", packed_cache=True)  # decodes the file, fills the cache
+    second = from_pretrained(path, kernel="cpu", packed_cache=True)  # reads the cache
+    assert first.form.scan_layers and second.form.scan_layers and "layers" in second.params
+    assert not from_pretrained(path, kernel="cpu", scan_layers=False, packed_cache=True).form.scan_layers

@@ -53,10 +53,20 @@ def test_sampling_matches_generate_with_the_same_seed(model, engine):
     assert other != ref  # the seed matters
 
 
+def test_prompt_buckets_step_by_half_powers_of_two():
+    from bitnet_jax.serve.engine import prompt_bucket
+
+    sizes = {n: prompt_bucket(n, 16, 1024) for n in range(1, 1025)}
+    assert sorted(set(sizes.values())) == [16, 24, 32, 48, 64, 96, 128, 256, 384, 512, 768, 1024]
+    for n, size in sizes.items():  # the smallest allowed size that holds the prompt
+        assert size >= n and not any(n <= s < size for s in set(sizes.values()))
+    assert prompt_bucket(33, 16, 40) == 40  # capped at the context
+
+
 def test_no_recompilation_in_steady_state(model, engine):
     # after warmup: one decode program per leading-slot bucket (1, 2, 3) and one prefill per prompt bucket
-    # (16, 32, 64) and row count (1, 2, 3: prompts of one bucket prefilled together)
-    assert engine.warm_counts == {"decode": 3, "prefill": 9}
+    # (16, 24, 32, 48, 64) and row count (1, 2, 3: prompts of one bucket prefilled together)
+    assert engine.warm_counts == {"decode": 3, "prefill": 15}
     prompts = [_ids(model, p) for p in PROMPTS] + [list(range(1, 40))]  # buckets 16 and 64
     for round_ in range(3):  # mixed lengths, sampling settings and arrival: no new program
         reqs = [engine.submit(p[: len(p) - round_], max_tokens=3 + 2 * i + round_, temperature=0.3 * (i % 2),
@@ -140,13 +150,21 @@ def test_sampled_rows_follow_their_own_settings(model, engine):
     assert np.isfinite(engine.steps)
 
 
-def test_a_decode_step_of_few_slots_does_not_copy_the_cache(model):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_a_decode_step_of_few_slots_does_not_copy_the_cache(model, scan_layers):
     """The step runs the model on the whole cache in place: its temporaries are far smaller than the cache
-    (slicing the busy slots out and writing them back made a copy of every slot each step)."""
+    (slicing the busy slots out and writing them back made a copy of every slot each step; a scanned model
+    that indexed its layer before its rows copied every slot of each layer)."""
     import jax
 
+    from bitnet_jax.model import stack_layers
     from bitnet_jax.serve import engine as engine_lib
 
+    if scan_layers:
+        if model.form.kernel.stacked_fn is None:
+            pytest.skip("the kernel reads no stacked layer in place (the CPU extension is not built)")
+        model = bj.BitNetModel(model.config, stack_layers(jax.device_get(model.params), model.config.num_hidden_layers),
+                               model.tokenizer, form=bj.model.Form(kernel=model.form.kernel, scan_layers=True))
     e = Engine(model, slots=16)
     cache_bytes = sum(a.nbytes for a in jax.tree.leaves(e._cache))
     compiled = engine_lib._decode_slots.lower(
