@@ -32,7 +32,7 @@ ADOPT_BYTES = 1 << 20  # host leaves at least this large are adopted by the CPU 
 SCAN_MIN_LAYERS = 8
 """``scan_layers=None`` scans models of at least this many layers when the kernel reads a stacked layer in
 place: one compiled layer body instead of one per layer (on CPU, for 2B4T: the same decode speed, a faster
-prefill, a quarter of the compile time and ~300 MB less memory per compiled program)."""
+prefill, a quarter of the compile time and ~150 MB less memory per compiled program)."""
 
 
 def detect_format(path: Path) -> str:
