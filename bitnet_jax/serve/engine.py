@@ -8,7 +8,9 @@ right-padded to a bucket, a power of two or 1.5x one: :func:`prompt_bucket`; pro
 bucket that arrive together are prefilled in one call of up to ``prefill_batch`` rows), their keys and
 values are copied into free slots and their first tokens are sampled; a slot whose request has finished
 (stop token, ``max_tokens``, the end of the context) or was cancelled is free for the next request at
-once. Compiled programs: one decode step per power-of-two count of leading slots in use (the lowest free
+once. While no request waits, one call may run a burst of up to ``BURST_STEPS`` steps (as many as fit
+``BURST_SECONDS`` at the measured step time): a small model's per-call host work is then shared by
+several tokens, and a large model (a step longer than ``BURST_SECONDS``) keeps one step per call. Compiled programs: one decode step per power-of-two count of leading slots in use (the lowest free
 slot is filled first) and one prefill per prompt bucket and power-of-two row count (at most
 ``PREFILL_TOKENS`` tokens per call), whatever the traffic (:meth:`Engine.compile_counts`).
 
@@ -39,6 +41,8 @@ from bitnet_jax.model import BitNetModel, Transformer, init_cache
 
 PREFILL_BATCH = 4  # prompts of one bucket prefilled together, at most (Engine's default)
 PREFILL_TOKENS = 512  # rows x bucket of a batched prefill, at most (a longer prompt is prefilled alone)
+BURST_STEPS = 16  # decode steps one call may run when no request waits (a fast model's host work, shared)
+BURST_SECONDS = 0.01  # ... as many as fit this long at the measured step time
 
 
 def prompt_bucket(n: int, minimum: int, cap: int) -> int:
@@ -70,19 +74,27 @@ def _sample_slots(logits, keys, temperature, top_k, top_p, greedy):
 
 
 @functools.partial(jax.jit, static_argnames=("module", "rows"), donate_argnames=("cache", "keys"))
-def _decode_slots(params, cache, keys, tokens, positions, temperature, top_k, top_p, greedy, module: Transformer,
-                  rows: int):
-    """One decode step of slots ``[0, rows)`` (inputs ``[rows]``): their next tokens, the cache and keys.
+def _decode_slots(params, cache, keys, tokens, positions, temperature, top_k, top_p, greedy, steps,
+                  module: Transformer, rows: int):
+    """``steps`` (1 .. BURST_STEPS, traced) decode steps of slots ``[0, rows)`` (inputs ``[rows]``): the
+    tokens ``[BURST_STEPS, rows]`` (the first ``steps`` rows are meaningful), the cache and keys.
 
     ``rows`` is a power-of-two bucket covering the busy slots (the engine fills the lowest free slot
     first), so a lightly loaded engine does not pay for the head and layers of idle slots. The model runs
     on the whole cache (it reads and writes rows ``[0, rows)`` in place): slicing those rows out and writing
-    them back would copy every slot's keys and values each step.
+    them back would copy every slot's keys and values each step. Each step feeds a slot its own last
+    token, so a burst of ``steps`` gives the tokens that ``steps`` single calls would.
     """
-    logits, cache = module.apply({"params": params}, tokens[:, None], positions[:, None], cache)
-    pairs = jax.vmap(jax.random.split)(keys[:rows])  # [rows, 2, 2]: (carry, draw) as bj.generate splits its key
-    token = _sample_slots(logits[:, -1, :], pairs[:, 1], temperature, top_k, top_p, greedy)
-    return token, cache, keys.at[:rows].set(pairs[:, 0])
+    def step(i, carry):
+        token, cache, keys, out = carry
+        logits, cache = module.apply({"params": params}, token[:, None], (positions + i)[:, None], cache)
+        pairs = jax.vmap(jax.random.split)(keys[:rows])  # [rows, 2, 2]: (carry, draw) as bj.generate splits
+        token = _sample_slots(logits[:, -1, :], pairs[:, 1], temperature, top_k, top_p, greedy)
+        return token, cache, keys.at[:rows].set(pairs[:, 0]), out.at[i].set(token)
+
+    out = jnp.zeros((BURST_STEPS, rows), jnp.int32)
+    _, cache, keys, out = jax.lax.fori_loop(0, steps, step, (tokens, cache, keys, out))
+    return out, cache, keys
 
 
 @functools.partial(jax.jit, static_argnames=("module",), donate_argnames=("cache", "keys"))
@@ -207,6 +219,8 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run
+        self.decode_calls = 0  # decode calls run (a call runs a burst of steps when no request waits)
+        self._step_seconds: float | None = None  # a decode step's time (moving average): sizes the bursts
         self.prefills = 0  # prefill calls run (each serves up to prefill_batch requests)
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -277,7 +291,8 @@ class Engine:
         for rows in self._row_buckets():
             self._step(rows)
         self._positions[:] = 0
-        self.steps = self.prefills = 0
+        self.steps = self.prefills = self.decode_calls = 0
+        self._step_seconds = None  # (the warm-up calls' times include compiling)
 
     def compile_counts(self) -> dict[str, int]:
         """How many programs the engine's jitted functions hold (prefill: one per prompt bucket and row count)."""
@@ -353,15 +368,19 @@ class Engine:
         self._reap_cancelled()
         if any(r is not None for r in self._running):
             try:
-                tokens = self._step()
+                tokens = self._step(steps=self._burst())
             except Exception as e:  # noqa: BLE001  (a failed step fails the running requests, not the engine)
                 for slot, r in enumerate(self._running):
                     if r is not None:
                         self._finish(slot, "error", e)
                 return
-            for slot, r in enumerate(self._running[: len(tokens)]):
-                if r is not None:
-                    self._deliver(slot, int(tokens[slot]))
+            for row in tokens:  # step by step: a request that finishes takes none of the later steps' tokens
+                for slot, r in enumerate(self._running[: len(row)]):
+                    if r is not None and r._cancelled:  # cancelled during a burst: no more of its tokens
+                        self._finish(slot, "cancelled")
+                    elif r is not None:
+                        self._positions[slot] += 1
+                        self._deliver(slot, int(row[slot]))
 
     def _admit(self, admitted: list[tuple[int, Request]]) -> None:
         """Prefill the admitted requests (by prompt bucket, ``prefill_batch`` at a time); their first tokens."""
@@ -420,7 +439,20 @@ class Engine:
     def _row_buckets(self) -> list[int]:
         return sorted({bucket(n, 1, self.slots) for n in range(1, self.slots + 1)})
 
-    def _step(self, rows: int | None = None) -> np.ndarray:
+    def _burst(self) -> int:
+        """How many decode steps the next call runs: one while requests wait (admission comes first), else
+        as many as fit ``BURST_SECONDS`` at the measured step time (a fast model's per-call host work is
+        then shared by up to ``BURST_STEPS`` tokens), within every running request's tokens and context."""
+        with self._lock:
+            waiting = bool(self._waiting)
+        if waiting or self._step_seconds is None:
+            return 1
+        busy = [(slot, r) for slot, r in enumerate(self._running) if r is not None]
+        room = min(min(r.max_tokens - len(r.tokens), self.context - int(self._positions[slot])) for slot, r in busy)
+        return max(1, min(BURST_STEPS, room, int(BURST_SECONDS / self._step_seconds)))
+
+    def _step(self, rows: int | None = None, steps: int = 1) -> np.ndarray:
+        """Run ``steps`` decode steps of the busy leading slots; their tokens ``[steps, rows]``."""
         if rows is None:
             busy = [i for i, r in enumerate(self._running) if r is not None]
             rows = bucket(busy[-1] + 1, 1, self.slots)
@@ -428,11 +460,14 @@ class Engine:
         tokens, self._cache, self._keys = _decode_slots(
             self.model.params, self._cache, self._keys, self._tokens[:rows], self._positions[:rows],
             self._temperature[:rows], self._top_k[:rows], self._top_p[:rows], self._greedy[:rows],
-            module=self._module, rows=rows)
-        tokens = np.asarray(tokens)
-        self.steps += 1
-        self._positions[:rows] += 1
-        self._count("step_seconds", time.perf_counter() - start)
+            np.int32(steps), module=self._module, rows=rows)
+        tokens = np.asarray(tokens)[:steps]
+        per_step = (time.perf_counter() - start) / steps
+        self._step_seconds = per_step if self._step_seconds is None else 0.8 * self._step_seconds + 0.2 * per_step
+        self.steps += steps
+        self.decode_calls += 1
+        for _ in range(steps):
+            self._count("step_seconds", per_step)
         return tokens
 
     def _deliver(self, slot: int, token: int) -> None:
