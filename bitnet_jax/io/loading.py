@@ -20,7 +20,7 @@ from bitnet_jax._memory import release_host_memory
 from bitnet_jax.errors import BitNetError, CheckpointError
 from bitnet_jax.io.checkpoint import ALIGN, Checkpoint, aligned_empty, checkpoint_to_params
 from bitnet_jax.model import BitNetModel, Form, stack_layers
-from bitnet_jax.model.scan import LAYERS
+from bitnet_jax.model.scan import LAYERS, layers_alike
 from pallas_kernels import Kernel, select_kernel
 
 GGUF_MAGIC = b"GGUF"
@@ -128,11 +128,6 @@ def resolve_scan_layers(scan_layers: bool | None, num_layers: int, kernel: Kerne
     return bool(scan_layers)
 
 
-def _layers_alike(params: dict, num_layers: int) -> bool:
-    """Whether every ``layers_i`` subtree holds the same parameters (a precondition of stacking)."""
-    return len({jax.tree_util.tree_structure(params.get(f"layers_{i}")) for i in range(num_layers)}) == 1
-
-
 def model_from_checkpoint(
     ckpt: Checkpoint, kernel: Kernel | None = None, scan_layers: bool | None = False, to_device: bool = True,
     consume: bool = False,
@@ -152,7 +147,7 @@ def model_from_checkpoint(
     params = checkpoint_to_params(ckpt, kernel, consume=consume)
     layers = ckpt.config.num_hidden_layers
     if scan_layers is None:
-        scan_layers = resolve_scan_layers(None, layers, kernel) and _layers_alike(params, layers)
+        scan_layers = resolve_scan_layers(None, layers, kernel) and layers_alike(params, layers)
     if scan_layers:
         params = stack_layers(params, layers, consume=True)  # params is this function's own tree
     if to_device:  # the flat list becomes the only holder of the host leaves: each is freed once moved

@@ -30,19 +30,23 @@ def _is_packed(x: Any) -> bool:
     return isinstance(x, PackedWeight)
 
 
+def layers_alike(params: dict, num_layers: int) -> bool:
+    """Whether every ``layers_i`` subtree of unrolled ``params`` holds the same parameters (stackable)."""
+    return len({jax.tree_util.tree_structure(params.get(f"layers_{i}")) for i in range(num_layers)}) == 1
+
+
 def stack_layers(params: dict, num_layers: int, consume: bool = False) -> dict:
     """Unrolled parameters (``layers_0 .. layers_{L-1}``) as the stacks of a ``scan_layers`` model (NumPy).
 
     ``consume=True`` takes the layers out of ``params`` and drops each layer's array as soon as its
     stack is built, so the weights exist twice only one stack at a time (a loader's peak memory).
     """
-    per_layer = [params[f"layers_{i}"] for i in range(num_layers)]
-    structures = {jax.tree_util.tree_structure(layer) for layer in per_layer}
-    if len(structures) > 1:
+    if not layers_alike(params, num_layers):
         raise ConfigError("scan_layers needs every layer to hold the same parameters; these layers differ "
                           "(modules_to_not_convert keeps a linear float in some layers only): load without scan_layers")
+    per_layer = [params[f"layers_{i}"] for i in range(num_layers)]
     rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
-    treedef = structures.pop()
+    treedef = jax.tree_util.tree_structure(per_layer[0])
     leaves = [jax.tree_util.tree_leaves(layer) for layer in per_layer]
     del per_layer
     if consume:
