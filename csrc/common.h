@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #define BITNET_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define BITNET_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define BITNET_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,amx-tile,amx-int8")))
 #else
 #define BITNET_X86 0
 #endif
@@ -25,8 +26,9 @@ namespace bitnet {
 
 namespace ffi = xla::ffi;
 
-// Instruction-set paths, widest last. Every kernel has one function per level.
-enum IsaLevel : int { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2, kNumIsaLevels = 3 };
+// Instruction-set paths, widest last. Every kernel has one function per level; a kernel without an
+// AMX variant runs its AVX-512 VNNI code at kAmx (AMX CPUs have AVX-512 VNNI).
+enum IsaLevel : int { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2, kAmx = 3, kNumIsaLevels = 4 };
 
 const char* isa_name(int level);
 bool isa_supported(int level);

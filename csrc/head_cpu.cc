@@ -349,14 +349,14 @@ ffi::Error HeadFloatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   if (table.element_type() == ffi::DataType::BF16) {
     void (*fn)(const HeadProblem&, int64_t, int64_t, const int32_t*) = run_rows<ScalarFloat<uint16_t>>;
 #if BITNET_X86
-    if (level == kAvx512Vnni) fn = run_rows<FloatAvx512<uint16_t>>;
+    if (level >= kAvx512Vnni) fn = run_rows<FloatAvx512<uint16_t>>;
     if (level == kAvx2) fn = run_rows<FloatAvx2<uint16_t>>;
 #endif
     split_rows(pool, p, 2 * p.d, [fn](const HeadProblem& q, int64_t a, int64_t b) { fn(q, a, b, nullptr); });
   } else if (table.element_type() == ffi::DataType::F32) {
     void (*fn)(const HeadProblem&, int64_t, int64_t, const int32_t*) = run_rows<ScalarFloat<float>>;
 #if BITNET_X86
-    if (level == kAvx512Vnni) fn = run_rows<FloatAvx512<float>>;
+    if (level >= kAvx512Vnni) fn = run_rows<FloatAvx512<float>>;
     if (level == kAvx2) fn = run_rows<FloatAvx2<float>>;
 #endif
     split_rows(pool, p, 4 * p.d, [fn](const HeadProblem& q, int64_t a, int64_t b) { fn(q, a, b, nullptr); });
@@ -378,7 +378,7 @@ ffi::Error HeadInt8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffe
   void (*fn)(const HeadProblem&, int64_t, int64_t, const int32_t*) = run_rows<ScalarInt8>;
 #if BITNET_X86
   const int level = isa_level();
-  if (level == kAvx512Vnni) fn = run_rows<Int8Avx512>;
+  if (level >= kAvx512Vnni) fn = run_rows<Int8Avx512>;
   if (level == kAvx2) fn = run_rows<Int8Avx2>;
 #endif
   const int32_t* xs = xsum.data();

@@ -5,6 +5,11 @@
 #include <atomic>
 #include <cstring>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "common.h"
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetTernaryMatmulCpu);
@@ -15,8 +20,31 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetHeadInt8Cpu);
 namespace bitnet {
 
 namespace {
-const char* const kIsaNames[kNumIsaLevels] = {"scalar", "avx2", "avx512vnni"};
+const char* const kIsaNames[kNumIsaLevels] = {"scalar", "avx2", "avx512vnni", "amx"};
 std::atomic<int> g_forced{-1};
+
+#if BITNET_X86
+// AMX needs the CPU's AMX-TILE and AMX-INT8 (CPUID.7.0:EDX bits 24, 25), the OS's tile state in XCR0
+// (bits 17, 18) and, on Linux, this process's permission to use the tile data (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), which the kernel grants to every thread of the process.
+bool amx_usable() {
+  unsigned eax, ebx, ecx, edx;
+  __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+  if (((edx >> 24) & 3u) != 3u) return false;
+  __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(1), "c"(0));
+  if (((ecx >> 27) & 1u) == 0) return false;  // OSXSAVE: xgetbv is available
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if (((lo >> 17) & 3u) != 3u) return false;
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+#endif
 
 int widest_supported() {
   for (int level = kNumIsaLevels - 1; level > 0; --level) {
@@ -31,6 +59,10 @@ const char* isa_name(int level) { return kIsaNames[level]; }
 bool isa_supported(int level) {
 #if BITNET_X86
   __builtin_cpu_init();
+  if (level == kAmx) {
+    static const bool usable = isa_supported(kAvx512Vnni) && amx_usable();
+    return usable;
+  }
   if (level == kAvx512Vnni) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -90,7 +122,7 @@ PyObject* py_set_isa(PyObject*, PyObject* arg) {
     bitnet::set_isa_level(level);
     Py_RETURN_NONE;
   }
-  PyErr_Format(PyExc_ValueError, "unknown ISA %s (known: avx512vnni, avx2, scalar)", name);
+  PyErr_Format(PyExc_ValueError, "unknown ISA %s (known: amx, avx512vnni, avx2, scalar)", name);
   return nullptr;
 }
 

@@ -31,11 +31,12 @@ constexpr int64_t kBlockBytes = 64;  // bytes per block of a full group
 
 // Everything one call needs (read by every chunk).
 struct Problem {
-  const int8_t* x;       // padded activations [M, Kp]
-  const int32_t* xsum;   // per-row sums of x [M]
+  const int8_t* x;       // padded activations [M, xstride] (zeros past K)
+  const int32_t* xsum;   // per-row sums of x [M] (not computed for the AMX path)
   const uint8_t* w;      // packed weights
   int32_t* out;          // [M, N]
-  int64_t m, n, kp;
+  int64_t m, n, kp;      // kp: K rounded up to 16, the weights' reduction length
+  int64_t xstride;       // elements per row of x: kp, or kp rounded up to 64 for the AMX path
 };
 
 using GroupsFn = void (*)(const Problem&, int64_t g_begin, int64_t g_end);
@@ -52,7 +53,7 @@ void groups_scalar(const Problem& p, int64_t g_begin, int64_t g_end) {
     const uint8_t* wg = p.w + n0 * (p.kp / 4);  // a group's stream starts at row n0's share
     const int64_t block_bytes = 4 * rows;
     for (int64_t m = 0; m < p.m; ++m) {
-      const int8_t* xm = p.x + m * p.kp;
+      const int8_t* xm = p.x + m * p.xstride;
       for (int64_t r = 0; r < rows; ++r) {
         int32_t acc = 0;
         for (int64_t b = 0; b < nblocks; ++b) {
@@ -102,7 +103,7 @@ BITNET_TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64
     for (int j = 0; j < MB; ++j)
       for (int t = 0; t < S; ++t) acc[r][j][t] = _mm512_setzero_si512();
   const int64_t nblocks = p.kp / kBlockK;
-  const int8_t* x0 = p.x + m0 * p.kp;
+  const int8_t* x0 = p.x + m0 * p.xstride;
   for (int64_t b = 0; b < nblocks; ++b) {
     __m512i u[RG][4];
     for (int r = 0; r < RG; ++r) {
@@ -113,7 +114,7 @@ BITNET_TARGET_AVX512 void tile_avx512(const Problem& p, const uint8_t* wg, int64
       u[r][3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), three);
     }
     for (int j = 0; j < MB; ++j) {
-      const int8_t* xb = x0 + j * p.kp + b * kBlockK;
+      const int8_t* xb = x0 + j * p.xstride + b * kBlockK;
       for (int i = 0; i < 4; ++i) {
         const __m512i xq = _mm512_set1_epi32(load_quad(xb + 4 * i));
         for (int r = 0; r < RG; ++r) acc[r][j][i % S] = _mm512_dpbusd_epi32(acc[r][j][i % S], u[r][i], xq);
@@ -166,6 +167,128 @@ BITNET_TARGET_AVX512 void groups_avx512(const Problem& p, int64_t g_begin, int64
 }
 
 // ---------------------------------------------------------------------------------------------
+// AMX path (Intel AMX-INT8): 16 x 16 int32 output tiles from 16 x 64 int8 tiles of x and 16 x 64
+// byte tiles of codes. Unpacked plane i of block b of a group is exactly one row of an AMX B tile
+// (byte 4 r + s: column r, k = 16 b + 4 i + s), so a group's codes unpack to a run of 64-byte rows
+// in block-plane order, and K step t (k in [64 t, 64 t + 64)) is rows [16 t, 16 t + 16) of that run.
+// The codes unpack to signed weights (c - 1) and tdpbssd multiplies them by x: no row sums needed.
+// With few rows of x the tiles are mostly empty, so small M takes the AVX-512 VNNI path.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int64_t kAmxMinRows = 16;  // fewer rows of x than this run the VNNI tiles instead
+constexpr int64_t kAmxK = 64;        // k per AMX step
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Unpacks one group's codes (a full 16-row stream of nblocks blocks) into ksteps * 16 rows of 64
+// signed weights w = c - 1, zero past the last block.
+BITNET_TARGET_AMX void unpack_group_amx(const uint8_t* wg, int64_t nblocks, int64_t ksteps, int8_t* dst) {
+  const __m512i three = _mm512_set1_epi8(3);
+  const __m512i one = _mm512_set1_epi8(1);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const __m512i v = _mm512_loadu_si512(wg + b * kBlockBytes);
+    int8_t* d = dst + 4 * b * kBlockBytes;
+    _mm512_store_si512(d, _mm512_sub_epi8(_mm512_and_si512(v, three), one));
+    _mm512_store_si512(d + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 2), three), one));
+    _mm512_store_si512(d + 128, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), three), one));
+    _mm512_store_si512(d + 192, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 6), three), one));
+  }
+  std::memset(dst + 4 * nblocks * kBlockBytes, 0, static_cast<size_t>((16 * ksteps - 4 * nblocks) * kBlockBytes));
+}
+
+// Stores accumulator tile `t` at rows m0.., columns n0.. of the output, within M and valid_cols.
+#define BITNET_STORE_TILE(t, m0, n0, valid_cols)                                                       \
+  do {                                                                                                 \
+    const int64_t rows_ = std::min<int64_t>(16, p.m - (m0));                                           \
+    if ((valid_cols) == 16 && rows_ == 16) {                                                           \
+      _tile_stored(t, p.out + (m0) * p.n + (n0), p.n * 4);                                             \
+    } else {                                                                                           \
+      _tile_stored(t, tile, 64);                                                                       \
+      for (int64_t r_ = 0; r_ < rows_; ++r_)                                                           \
+        std::memcpy(p.out + ((m0) + r_) * p.n + (n0), tile + 16 * r_, sizeof(int32_t) * (valid_cols)); \
+    }                                                                                                  \
+  } while (0)
+
+// Groups [g_begin, g_end), two at a time: both groups' codes are unpacked once (for the whole K) and
+// then serve every 32-row slice of x. Tiles: 0-3 accumulators (rows i, groups j at 2 i + j), 4-5 x,
+// 6-7 codes. x has xstride = K rounded up to 64 and rows padded with zeros to a multiple of 16.
+BITNET_TARGET_AMX void groups_amx(const Problem& p, int64_t g_begin, int64_t g_end) {
+  if (p.m < kAmxMinRows) return groups_avx512(p, g_begin, g_end);
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t nblocks = p.kp / kBlockK;
+  const int64_t ksteps = p.xstride / kAmxK;
+  const int64_t group_bytes = kGroup * p.kp / 4;
+  const int64_t unpacked_bytes = ksteps * 16 * 64;
+  // Two groups' unpacked codes, 64-byte aligned.
+  // Per-thread scratch for two groups' unpacked codes, kept between calls (XLA's pool threads live as
+  // long as the process): a fresh buffer per call would be a fresh mmap and page faults.
+  thread_local std::vector<int8_t> scratch;
+  if (scratch.size() < static_cast<size_t>(2 * unpacked_bytes + 64)) scratch.resize(2 * unpacked_bytes + 64);
+  int8_t* b0 = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+  int8_t* b1 = b0 + unpacked_bytes;
+  alignas(64) int32_t tile[256];
+  const int64_t xs = p.xstride;
+  const int64_t full_end = std::min(g_end, p.n / kGroup);
+  std::vector<uint8_t> partial;
+  for (int64_t g = g_begin; g < g_end; g += 2) {
+    // One or two groups; a partial last group is padded to a full stream first.
+    const int64_t count = std::min<int64_t>(2, g_end - g);
+    for (int64_t j = 0; j < count; ++j) {
+      const uint8_t* src = p.w + (g + j) * group_bytes;
+      if (g + j >= full_end) {
+        partial = pad_partial_group(p, g + j);
+        src = partial.data();
+      }
+      unpack_group_amx(src, nblocks, ksteps, j == 0 ? b0 : b1);
+    }
+    const int64_t cols0 = std::min(kGroup, p.n - g * kGroup);
+    const int64_t cols1 = count == 2 ? std::min(kGroup, p.n - (g + 1) * kGroup) : 0;
+    for (int64_t m0 = 0; m0 < p.m; m0 += 32) {
+      const bool two_rows = m0 + 16 < p.m;
+      const int8_t* x0 = p.x + m0 * xs;
+      const int8_t* x1 = x0 + 16 * xs;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t t = 0; t < ksteps; ++t) {
+        _tile_loadd(4, x0 + t * kAmxK, xs);
+        _tile_loadd(6, b0 + t * 1024, 64);
+        _tile_dpbssd(0, 4, 6);
+        if (count == 2) {
+          _tile_loadd(7, b1 + t * 1024, 64);
+          _tile_dpbssd(1, 4, 7);
+        }
+        if (two_rows) {
+          _tile_loadd(5, x1 + t * kAmxK, xs);
+          _tile_dpbssd(2, 5, 6);
+          if (count == 2) _tile_dpbssd(3, 5, 7);
+        }
+      }
+      BITNET_STORE_TILE(0, m0, g * kGroup, cols0);
+      if (count == 2) BITNET_STORE_TILE(1, m0, (g + 1) * kGroup, cols1);
+      if (two_rows) {
+        BITNET_STORE_TILE(2, m0 + 16, g * kGroup, cols0);
+        if (count == 2) BITNET_STORE_TILE(3, m0 + 16, (g + 1) * kGroup, cols1);
+      }
+    }
+  }
+#undef BITNET_STORE_TILE
+  _tile_release();
+}
+
+// ---------------------------------------------------------------------------------------------
 // AVX2 path: one ymm = half a block (8 rows); vpmaddubsw + vpmaddwd instead of vpdpbusd.
 // Per block an int16 lane sums 8 products of magnitude <= 256, so it cannot saturate.
 // ---------------------------------------------------------------------------------------------
@@ -178,7 +301,7 @@ BITNET_TARGET_AVX2 void tile_avx2(const Problem& p, const uint8_t* wg, int64_t n
   for (int h = 0; h < 2; ++h)
     for (int j = 0; j < MB; ++j) acc[h][j] = _mm256_setzero_si256();
   const int64_t nblocks = p.kp / kBlockK;
-  const int8_t* x0 = p.x + m0 * p.kp;
+  const int8_t* x0 = p.x + m0 * p.xstride;
   for (int64_t b = 0; b < nblocks; ++b) {
     __m256i u[2][4];
     for (int h = 0; h < 2; ++h) {
@@ -189,7 +312,7 @@ BITNET_TARGET_AVX2 void tile_avx2(const Problem& p, const uint8_t* wg, int64_t n
       u[h][3] = _mm256_and_si256(_mm256_srli_epi16(v, 6), three);
     }
     for (int j = 0; j < MB; ++j) {
-      const int8_t* xb = x0 + j * p.kp + b * kBlockK;
+      const int8_t* xb = x0 + j * p.xstride + b * kBlockK;
       __m256i xq[4];
       for (int i = 0; i < 4; ++i) xq[i] = _mm256_set1_epi32(load_quad(xb + 4 * i));
       for (int h = 0; h < 2; ++h) {
@@ -243,6 +366,7 @@ BITNET_TARGET_AVX2 void groups_avx2(const Problem& p, int64_t g_begin, int64_t g
 
 GroupsFn groups_fn(int level) {
 #if BITNET_X86
+  if (level == kAmx) return groups_amx;
   if (level == kAvx512Vnni) return groups_avx512;
   if (level == kAvx2) return groups_avx2;
 #endif
@@ -258,17 +382,22 @@ ffi::Error run_matmul(ffi::ThreadPool pool, const int8_t* xs, int64_t m, int64_t
     return ffi::Error::Success();
   }
   const int64_t kp = (k + kBlockK - 1) / kBlockK * kBlockK;
-  // Zero-padded copy of x (so every block reads 16 valid bytes) and the per-row sums.
-  std::vector<int8_t> xpad(static_cast<size_t>(m * kp), 0);
+  const int level = isa_level();
+  const bool amx = level == kAmx && m >= kAmxMinRows;
+  // Zero-padded copy of x (so every block, or AMX tile, reads valid bytes) and the per-row sums.
+  const int64_t xstride = amx ? (kp + kAmxK - 1) / kAmxK * kAmxK : kp;
+  const int64_t mrows = amx ? (m + 15) / 16 * 16 : m;
+  std::vector<int8_t> xpad(static_cast<size_t>(mrows * xstride), 0);
   std::vector<int32_t> xsum(static_cast<size_t>(m));
   for (int64_t i = 0; i < m; ++i) {
-    std::memcpy(xpad.data() + i * kp, xs + i * k, static_cast<size_t>(k));
+    std::memcpy(xpad.data() + i * xstride, xs + i * k, static_cast<size_t>(k));
+    if (amx) continue;  // the AMX tiles multiply by signed weights: no row sums
     int32_t s = 0;
     for (int64_t j = 0; j < k; ++j) s += xs[i * k + j];
     xsum[i] = s;
   }
-  const Problem problem{xpad.data(), xsum.data(), w, o, m, n, kp};
-  const GroupsFn fn = groups_fn(isa_level());
+  const Problem problem{xpad.data(), xsum.data(), w, o, m, n, kp, xstride};
+  const GroupsFn fn = groups_fn(level);
   const int64_t num_groups = (n + kGroup - 1) / kGroup;
   // At least ~64 KiB of weights per chunk keeps scheduling cheap; even sizes keep 2-group tiles whole.
   const int64_t group_bytes = kGroup * kp / 4;

@@ -1,7 +1,8 @@
 """CPU backend: the packed ternary x int8 matmul and the head as C++ XLA FFI custom calls (``csrc/``).
 
-Weights use the ``tile16`` layout (see :mod:`pallas_kernels.layouts`). The kernel picks AVX-512 VNNI,
-AVX2 or portable scalar code at run time, runs on XLA's intra-op thread pool, and is exact. The
+Weights use the ``tile16`` layout (see :mod:`pallas_kernels.layouts`). The kernel picks Intel AMX (for
+16 or more rows of activations; fewer take AVX-512 VNNI), AVX-512 VNNI, AVX2 or portable scalar code at
+run time, runs on XLA's intra-op thread pool, and is exact on every path. The
 extension (``pallas_kernels.cpu._ternary_cpu``) is built by the package's own build (``setup.py``); when
 it is missing, importing this module warns once, :data:`AVAILABLE` is False and CPUs get the ``xla`` kernel.
 """
@@ -42,7 +43,7 @@ AVAILABLE: bool = _ext is not None
 
 
 def isa() -> str | None:
-    """The instruction-set path the kernel uses (``avx512vnni``, ``avx2``, ``scalar``), None if unbuilt."""
+    """The instruction-set path the kernel uses (``amx``, ``avx512vnni``, ``avx2``, ``scalar``), None if unbuilt."""
     return _ext.isa() if _ext is not None else None
 
 

@@ -30,8 +30,11 @@ def test_extension_is_built_where_a_compiler_exists():
         pytest.skip("no C++ compiler on this machine: the extension is optional and CPUs use the xla kernel")
     assert cpu.AVAILABLE, "a C++ compiler is installed but pallas_kernels.cpu._ternary_cpu was not built"
 
-# (M, N, K): odd N and K, partial row groups, K not a multiple of 16, M = 1 and M past the 8-row tile.
-SHAPES = [(1, 16, 16), (1, 7, 5), (3, 37, 50), (1, 2560, 640), (5, 64, 2560), (9, 100, 33), (130, 48, 96), (17, 33, 1)]
+# (M, N, K): odd N and K, partial row groups, K not a multiple of 16, M = 1 and M past the 8-row tile;
+# from M = 16 the AMX path: one 16-row tile, an odd count of 16-row tiles, an odd count of row groups
+# (a pair and a single), K a multiple of 64 and not, and a long K.
+SHAPES = [(1, 16, 16), (1, 7, 5), (3, 37, 50), (1, 2560, 640), (5, 64, 2560), (9, 100, 33), (130, 48, 96),
+          (17, 33, 1), (16, 16, 64), (48, 80, 2560), (32, 2560, 200)]
 
 
 def _random(m: int, n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
