@@ -10,10 +10,10 @@
 // u8 x s8 dot-product instructions (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw) accumulate the 16 rows of
 // a group in 16 int32 lanes directly, with no horizontal reduction. The result is exact.
 //
-// Three code paths live in one binary, each compiled with its own target attributes; the widest one
-// the running CPU supports is chosen at run time (module.cc; set_isa forces one for tests). Work is
-// split over XLA's intra-op thread pool (ffi::ThreadPool); the calling thread works too and can
-// finish all chunks alone, so a busy or absent pool never deadlocks.
+// Four code paths (AMX, AVX-512 VNNI, AVX2, scalar) live in one binary, each compiled with its own
+// target attributes; the widest one the running CPU supports is chosen at run time (module.cc; set_isa
+// forces one for tests). Work is split over XLA's intra-op thread pool (ffi::ThreadPool); the calling
+// thread works too and can finish all chunks alone, so a busy or absent pool never deadlocks.
 
 #include <cstdint>
 #include <cstring>

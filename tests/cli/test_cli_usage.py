@@ -134,9 +134,15 @@ def _first_bytes(proc: subprocess.Popen, n: int) -> bytes:
     return data
 
 
+def _sigint_default() -> None:
+    """In the child: Ctrl-C as in a terminal, even when this test run was started with SIGINT ignored
+    (a background job of a non-interactive shell), which Python would otherwise keep ignoring."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_generate_exits_130_quietly():
     proc = subprocess.Popen([*CLI, "generate", "def f(x):", "--max-new-tokens", "240"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env())
+                            stderr=subprocess.PIPE, env=_env(), preexec_fn=_sigint_default)
     _first_bytes(proc, 10)  # generating now (the prompt is echoed after the first token)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -165,7 +171,7 @@ def test_shell_pipe_into_head():
 
 def test_ctrl_c_at_the_chat_prompt_exits_130_quietly():
     proc = subprocess.Popen([*CLI, "chat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=_env())
+                            env=_env(), preexec_fn=_sigint_default)
     assert _first_bytes(proc, 2) == b"> "
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
