@@ -30,6 +30,7 @@ _EXPORTS = {
     "MeshConfig": "bitnet_jax.config",
     "BitNetModel": "bitnet_jax.model",
     "Form": "bitnet_jax.model",
+    "with_head_screen": "bitnet_jax.model",
     "with_int8_head": "bitnet_jax.model",
     "forward": "bitnet_jax.inference",
     "generate": "bitnet_jax.inference",

@@ -42,3 +42,15 @@ def compiled_programs(fn: Any) -> int:
     """How many programs a ``jax.jit`` function has compiled in this process (0 when it cannot tell)."""
     size = getattr(fn, "_cache_size", None)
     return int(size()) if callable(size) else 0
+
+
+ALIGN = 64  # XLA's CPU client adopts a host buffer this aligned without copying it (jax.device_put)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array whose data starts on an ``ALIGN``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    offset = (-raw.ctypes.data) % ALIGN
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)

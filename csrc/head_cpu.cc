@@ -5,9 +5,14 @@
 // bitnet_head_int8_cpu: int8 x [M, D] times an int8 table [V, D] whose values lie in [-127, 127]
 //   -> exact int32 [M, V] (the quantized head; the caller applies the per-row and per-token scales).
 //
+// bitnet_head_greedy_cpu: the exact head's argmax per row of x [M] (int32), screened through an int8
+//   copy of the table so that only candidate rows of the float table are read (below), and how many
+//   rows were recomputed exactly [M].
+//
 // The table is read row-major, so the same array serves the embedding lookup. Rows are split into
 // contiguous chunks over XLA's intra-op thread pool; each chunk streams its rows once per 4 rows of x.
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -32,6 +37,11 @@ inline float bf16_to_f32(uint16_t h) {
 }
 
 inline float to_f32(uint16_t h) { return bf16_to_f32(h); }
+
+// Partial sums per output of the float head. Fixed, with one table row per tile (run_rows<K, false>):
+// an output's value is the same for every M, thread count and chunking, so the screened greedy head
+// below can recompute single rows bit for bit.
+constexpr int kFloatSums = 4;
 inline float to_f32(float f) { return f; }
 
 // ---------------------------------------------------------------------------------------------
@@ -100,10 +110,11 @@ BITNET_TARGET_AVX512 inline __m512 load16(const uint16_t* p) {
 }
 BITNET_TARGET_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 
-// With few outputs per tile, each keeps S partial sums over consecutive vectors (independent chains).
+// Each output of the float head keeps kFloatSums partial sums over consecutive vectors (independent
+// chains), whatever the tile: its summation order, and so its rounding, does not depend on M.
 template <typename T, int RV, int MB>
 BITNET_TARGET_AVX512 void float_tile_avx512(const HeadProblem& p, int64_t v0, int64_t m0, const int32_t*) {
-  constexpr int S = RV * MB >= 4 ? 1 : 4 / (RV * MB);
+  constexpr int S = kFloatSums;
   const float* x = static_cast<const float*>(p.x) + m0 * p.d;
   const T* t = static_cast<const T*>(p.table) + v0 * p.d;
   __m512 acc[RV][MB][S];
@@ -209,7 +220,7 @@ BITNET_TARGET_AVX2 inline int32_t hsum256i(__m256i v) {
 
 template <typename T, int RV, int MB>
 BITNET_TARGET_AVX2 void float_tile_avx2(const HeadProblem& p, int64_t v0, int64_t m0, const int32_t*) {
-  constexpr int S = RV * MB >= 4 ? 1 : 4 / (RV * MB);
+  constexpr int S = kFloatSums;
   const float* x = static_cast<const float*>(p.x) + m0 * p.d;
   const T* t = static_cast<const T*>(p.table) + v0 * p.d;
   __m256 acc[RV][MB][S];
@@ -310,12 +321,13 @@ void all_rows_of_x(const HeadProblem& p, int64_t v0, const int32_t* xsum) {
   for (; m0 < p.m; ++m0) K::template tile<RV, 1>(p, v0, m0, xsum);
 }
 
-// Four table rows per tile share each load of x when there are several rows of x; with few (decode)
-// the head is bound by memory and one row at a time streams faster (as in ternary_cpu.cc).
-template <typename K>
+// Four table rows per tile share each load of x when there are several rows of x (int8 head); with few
+// (decode) the head is bound by memory and one row at a time streams faster (as in ternary_cpu.cc).
+// The float head always takes one table row per tile (kGroupRows false, see kFloatSums).
+template <typename K, bool kGroupRows = true>
 void run_rows(const HeadProblem& p, int64_t v_begin, int64_t v_end, const int32_t* xsum) {
   int64_t v = v_begin;
-  if (p.m >= 4) {
+  if (kGroupRows && p.m >= 4) {
     for (; v + 4 <= v_end; v += 4) all_rows_of_x<K, 4>(p, v, xsum);
   }
   for (; v < v_end; ++v) all_rows_of_x<K, 1>(p, v, xsum);
@@ -347,17 +359,17 @@ ffi::Error HeadFloatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Any
   if (p.m == 0 || p.v == 0) return ffi::Error::Success();
   const int level = isa_level();
   if (table.element_type() == ffi::DataType::BF16) {
-    void (*fn)(const HeadProblem&, int64_t, int64_t, const int32_t*) = run_rows<ScalarFloat<uint16_t>>;
+    void (*fn)(const HeadProblem&, int64_t, int64_t, const int32_t*) = run_rows<ScalarFloat<uint16_t>, false>;
 #if BITNET_X86
-    if (level >= kAvx512Vnni) fn = run_rows<FloatAvx512<uint16_t>>;
-    if (level == kAvx2) fn = run_rows<FloatAvx2<uint16_t>>;
+    if (level >= kAvx512Vnni) fn = run_rows<FloatAvx512<uint16_t>, false>;
+    if (level == kAvx2) fn = run_rows<FloatAvx2<uint16_t>, false>;
 #endif
     split_rows(pool, p, 2 * p.d, [fn](const HeadProblem& q, int64_t a, int64_t b) { fn(q, a, b, nullptr); });
   } else if (table.element_type() == ffi::DataType::F32) {
-    void (*fn)(const HeadProblem&, int64_t, int64_t, const int32_t*) = run_rows<ScalarFloat<float>>;
+    void (*fn)(const HeadProblem&, int64_t, int64_t, const int32_t*) = run_rows<ScalarFloat<float>, false>;
 #if BITNET_X86
-    if (level >= kAvx512Vnni) fn = run_rows<FloatAvx512<float>>;
-    if (level == kAvx2) fn = run_rows<FloatAvx2<float>>;
+    if (level >= kAvx512Vnni) fn = run_rows<FloatAvx512<float>, false>;
+    if (level == kAvx2) fn = run_rows<FloatAvx2<float>, false>;
 #endif
     split_rows(pool, p, 4 * p.d, [fn](const HeadProblem& q, int64_t a, int64_t b) { fn(q, a, b, nullptr); });
   } else {
@@ -386,6 +398,245 @@ ffi::Error HeadInt8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The screened greedy head: argmax_v (x @ table^T)[m, v] of the exact float head, reading the int8
+// screen (codes q [V, D] in [-127, 127], scale s [V] per row, as quantize_table makes them) instead of
+// the float table for all but a few rows.
+//
+// For a row h of x: h = t1 p1 + t2 p2 + delta (two int8 levels, |delta| <= t2 / 2) and every table row
+// E = s q + eta (|eta| <= s / 2). The int8 estimate a = s (t1 p1.q + t2 p2.q) then differs from the
+// real h.E by at most s (|h|_1 / 2 + delta_max |q|_1), and the float head's own rounding is bounded by
+// gamma |h|_1 max|E| with gamma = (D / 16 + 16) 2^-24, far above the error of its summation. Every row
+// whose upper bound reaches the best lower bound is a candidate; the candidates are recomputed with the
+// float head's own tile (bit for bit its value, see kFloatSums), and the first maximum wins, as argmax.
+// Non-finite input falls back to the full float head.
+// ---------------------------------------------------------------------------------------------
+
+// Up to kScreenRows rows of x share one pass over the codes.
+constexpr int kScreenRows = 8;
+
+struct Screen {
+  const int8_t* codes;
+  const float* scales;
+  int64_t v, d;
+  int rows;  // rows of x in this pass
+  const int8_t* p1;  // [rows, D] the two levels of each row of x
+  const int8_t* p2;
+  int32_t sum1[kScreenRows], sum2[kScreenRows];  // sums of p1, p2 per row
+  double t1[kScreenRows], t2[kScreenRows], l1[kScreenRows], delta[kScreenRows];
+  double* lo;  // [rows, V] bounds per table row
+  double* hi;
+};
+
+inline void screen_bounds(const Screen& s, int j, int64_t v, int32_t i1, int32_t i2, int32_t l) {
+  const double sc = s.scales[v];
+  const double a = sc * (s.t1[j] * i1 + s.t2[j] * i2);
+  const double gamma = (s.d / 16.0 + 16.0) * 0x1p-24;
+  const double b = sc * (0.5 * s.l1[j] + s.delta[j] * l) * (1.0 + 0x1p-20) + gamma * s.l1[j] * 128.0 * sc +
+                   1e-6 * std::abs(a);
+  s.lo[j * s.v + v] = a - b;
+  s.hi[j * s.v + v] = a + b;
+}
+
+void screen_scalar(const Screen& s, int64_t v_begin, int64_t v_end) {
+  for (int64_t v = v_begin; v < v_end; ++v) {
+    const int8_t* q = s.codes + v * s.d;
+    int32_t l = 0;
+    for (int64_t k = 0; k < s.d; ++k) l += q[k] < 0 ? -q[k] : q[k];
+    for (int j = 0; j < s.rows; ++j) {
+      int32_t i1 = 0, i2 = 0;
+      for (int64_t k = 0; k < s.d; ++k) {
+        i1 += q[k] * s.p1[j * s.d + k];
+        i2 += q[k] * s.p2[j * s.d + k];
+      }
+      screen_bounds(s, j, v, i1, i2, l);
+    }
+  }
+}
+
+#if BITNET_X86
+// One table row against every row of x (2 * rows + 1 dpbusd chains); codes + 128 as unsigned bytes meet
+// the signed levels, and 128 * sum(p) comes off afterwards.
+template <int R>
+BITNET_TARGET_AVX512 void screen_avx512_rows(const Screen& s, int64_t v_begin, int64_t v_end) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t v = v_begin; v < v_end; ++v) {
+    __m512i a1[R], a2[R], al = _mm512_setzero_si512();
+    for (int j = 0; j < R; ++j) a1[j] = a2[j] = _mm512_setzero_si512();
+    const int8_t* row = s.codes + v * s.d;
+    for (int64_t k = 0; k < s.d; k += 64) {
+      const int64_t left = std::min<int64_t>(64, s.d - k);
+      const __mmask64 m = left == 64 ? ~__mmask64{0} : ((__mmask64{1} << left) - 1);
+      const __m512i q = _mm512_maskz_loadu_epi8(m, row + k);
+      const __m512i e = _mm512_xor_si512(q, flip);
+      al = _mm512_dpbusd_epi32(al, _mm512_abs_epi8(q), ones);
+      for (int j = 0; j < R; ++j) {
+        a1[j] = _mm512_dpbusd_epi32(a1[j], e, _mm512_maskz_loadu_epi8(m, s.p1 + j * s.d + k));
+        a2[j] = _mm512_dpbusd_epi32(a2[j], e, _mm512_maskz_loadu_epi8(m, s.p2 + j * s.d + k));
+      }
+    }
+    const int32_t l = _mm512_reduce_add_epi32(al);
+    for (int j = 0; j < R; ++j) {
+      screen_bounds(s, j, v, _mm512_reduce_add_epi32(a1[j]) - 128 * s.sum1[j],
+                    _mm512_reduce_add_epi32(a2[j]) - 128 * s.sum2[j], l);
+    }
+  }
+}
+
+void screen_avx512(const Screen& s, int64_t v_begin, int64_t v_end) {
+  switch (s.rows) {
+    case 1: return screen_avx512_rows<1>(s, v_begin, v_end);
+    case 2: return screen_avx512_rows<2>(s, v_begin, v_end);
+    case 3: return screen_avx512_rows<3>(s, v_begin, v_end);
+    case 4: return screen_avx512_rows<4>(s, v_begin, v_end);
+    case 5: return screen_avx512_rows<5>(s, v_begin, v_end);
+    case 6: return screen_avx512_rows<6>(s, v_begin, v_end);
+    case 7: return screen_avx512_rows<7>(s, v_begin, v_end);
+    default: return screen_avx512_rows<8>(s, v_begin, v_end);
+  }
+}
+#endif
+
+// Index of the first maximum of vals[0, n) (NaN counts as the maximum, as jnp.argmax).
+int32_t first_max(const float* vals, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(vals[i])) return static_cast<int32_t>(i);
+    if (vals[i] > vals[best]) best = i;
+  }
+  return static_cast<int32_t>(best);
+}
+
+ffi::Error HeadGreedyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer table,
+                          ffi::Buffer<ffi::S8> codes, ffi::Buffer<ffi::F32> scales,
+                          ffi::ResultBuffer<ffi::S32> tokens, ffi::ResultBuffer<ffi::S32> rescored) {
+  const auto td = table.dimensions();
+  if (ffi::Error e = check_dims("bitnet_head_greedy_cpu", x.dimensions(), td); e.failure()) return e;
+  const auto cd = codes.dimensions();
+  if (cd.size() != 2 || cd[0] != td[0] || cd[1] != td[1] || scales.dimensions().size() != 1 ||
+      scales.dimensions()[0] != td[0]) {
+    return ffi::Error::InvalidArgument("bitnet_head_greedy_cpu: expected codes [V, D] and scales [V] like the table");
+  }
+  const int64_t m_rows = x.dimensions()[0], v_rows = td[0], d = td[1];
+  if (v_rows == 0) return ffi::Error::InvalidArgument("bitnet_head_greedy_cpu: the table has no rows");
+  const bool bf16 = table.element_type() == ffi::DataType::BF16;
+  if (!bf16 && table.element_type() != ffi::DataType::F32) {
+    return ffi::Error::InvalidArgument("bitnet_head_greedy_cpu: the table must be bfloat16 or float32");
+  }
+  const int level = isa_level();
+  // the float head's per-row tile (one table row, one row of x) at this level
+  void (*row_fn)(const HeadProblem&, int64_t, int64_t, const int32_t*) =
+      bf16 ? &ScalarFloat<uint16_t>::tile<1, 1> : &ScalarFloat<float>::tile<1, 1>;
+  void (*screen_fn)(const Screen&, int64_t, int64_t) = screen_scalar;
+#if BITNET_X86
+  if (level >= kAvx512Vnni) {
+    row_fn = bf16 ? &FloatAvx512<uint16_t>::tile<1, 1> : &FloatAvx512<float>::tile<1, 1>;
+    screen_fn = screen_avx512;
+  }
+  if (level == kAvx2) row_fn = bf16 ? &FloatAvx2<uint16_t>::tile<1, 1> : &FloatAvx2<float>::tile<1, 1>;
+#endif
+  const int64_t threads = thread_count(pool);
+  std::vector<double> lo(static_cast<size_t>(kScreenRows * v_rows)), hi(lo.size());
+  std::vector<float> exact(static_cast<size_t>(v_rows));
+  std::vector<int8_t> p1(static_cast<size_t>(kScreenRows * d)), p2(p1.size());
+  std::vector<float> resid(static_cast<size_t>(d));
+  for (int64_t m0 = 0; m0 < m_rows; m0 += kScreenRows) {
+    Screen s{codes.typed_data(), scales.typed_data(), v_rows, d, 0, p1.data(), p2.data(), {}, {}, {}, {}, {}, {},
+             lo.data(), hi.data()};
+    bool screened[kScreenRows] = {};
+    const int rows = static_cast<int>(std::min<int64_t>(kScreenRows, m_rows - m0));
+    for (int j = 0; j < rows; ++j) {  // the two int8 levels of each row of x; non-finite or zero rows go in full
+      const float* h = x.typed_data() + (m0 + j) * d;
+      double l1 = 0.0;
+      float amax = 0.f;
+      for (int64_t k = 0; k < d; ++k) {
+        l1 += std::abs(static_cast<double>(h[k]));
+        amax = std::max(amax, std::abs(h[k]));
+      }
+      screened[j] = std::isfinite(l1) && amax > 0.f;
+      const int r = s.rows;
+      if (!screened[j]) continue;
+      s.l1[r] = l1;
+      s.t1[r] = amax / 127.0;
+      const float t1 = static_cast<float>(s.t1[r]);
+      float rmax = 0.f;
+      for (int64_t k = 0; k < d; ++k) {
+        const float c = std::min(127.f, std::max(-127.f, std::nearbyint(h[k] / t1)));
+        p1[r * d + k] = static_cast<int8_t>(c);
+        s.sum1[r] += p1[r * d + k];
+        resid[k] = static_cast<float>(static_cast<double>(h[k]) - s.t1[r] * c);
+        rmax = std::max(rmax, std::abs(resid[k]));
+      }
+      s.t2[r] = rmax / 127.0;
+      for (int64_t k = 0; k < d; ++k) {
+        const float c = rmax > 0.f ? std::min(127.f, std::max(-127.f, std::nearbyint(static_cast<float>(resid[k] / s.t2[r])))) : 0.f;
+        p2[r * d + k] = static_cast<int8_t>(c);
+        s.sum2[r] += p2[r * d + k];
+      }
+      // |h - t1 p1 - t2 p2| per element: half a level of t2, plus the rounding of the residual
+      s.delta[r] = 0.5 * s.t2[r] * (1.0 + 0x1p-20) + 0x1p-22 * amax;
+      ++s.rows;
+    }
+    if (s.rows > 0) {
+      const int64_t per = chunk_size(v_rows, threads, 1024, 1);
+      const int64_t chunks = (v_rows + per - 1) / per;
+      parallel_chunks(pool, chunks, threads, [&s, per, v_rows, screen_fn](int64_t c) {
+        screen_fn(s, c * per, std::min(v_rows, (c + 1) * per));
+      });
+    }
+    for (int j = 0, r = 0; j < rows; ++j) {
+      const int64_t m = m0 + j;
+      const HeadProblem row{x.typed_data() + m * d, table.untyped_data(), exact.data(), 1, v_rows, d};
+      int64_t count = v_rows;
+      int32_t best = 0;
+      bool full = !screened[j];
+      if (screened[j]) {
+        const double* row_lo = lo.data() + r * v_rows;
+        const double* row_hi = hi.data() + r * v_rows;
+        ++r;
+        double threshold = -INFINITY;
+        bool finite = true;
+        for (int64_t v = 0; v < v_rows; ++v) {
+          finite = finite && std::isfinite(row_lo[v]) && std::isfinite(row_hi[v]);
+          threshold = std::max(threshold, row_lo[v]);
+        }
+        full = !finite;
+        count = 0;
+        bool found = false;
+        float best_val = 0.f;
+        for (int64_t v = 0; finite && v < v_rows; ++v) {
+          if (row_hi[v] < threshold) continue;
+          row_fn(row, v, 0, nullptr);  // the float head's own value for this row
+          ++count;
+          if (std::isnan(exact[v])) {  // finite bounds rule this out; the full head decides if it happens
+            full = true;
+            break;
+          }
+          if (!found || exact[v] > best_val) {
+            best = static_cast<int32_t>(v);
+            best_val = exact[v];
+            found = true;
+          }
+        }
+      }
+      if (full) {
+        const int64_t per = chunk_size(v_rows, threads, 65536 / std::max<int64_t>(1, (bf16 ? 2 : 4) * d) + 1, 1);
+        const int64_t chunks = (v_rows + per - 1) / per;
+        parallel_chunks(pool, chunks, threads, [&row, per, v_rows, row_fn](int64_t c) {
+          for (int64_t v = c * per; v < std::min(v_rows, (c + 1) * per); ++v) row_fn(row, v, 0, nullptr);
+        });
+        best = first_max(exact.data(), v_rows);
+        count = v_rows;
+      }
+      tokens->typed_data()[m] = best;
+      rescored->typed_data()[m] = static_cast<int32_t>(count);
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 }  // namespace bitnet
 
@@ -395,6 +646,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BitnetHeadFloatCpu, bitnet::HeadFloatImpl,
                                   .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
                                   .Arg<xla::ffi::AnyBuffer>()
                                   .Ret<xla::ffi::Buffer<xla::ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BitnetHeadGreedyCpu, bitnet::HeadGreedyImpl,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Arg<xla::ffi::AnyBuffer>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::S8>>()
+                                  .Arg<xla::ffi::Buffer<xla::ffi::F32>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::S32>>()
+                                  .Ret<xla::ffi::Buffer<xla::ffi::S32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BitnetHeadInt8Cpu, bitnet::HeadInt8Impl,
                               xla::ffi::Ffi::Bind()

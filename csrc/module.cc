@@ -16,6 +16,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetTernaryMatmulCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetTernaryMatmulStackedCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetHeadFloatCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetHeadInt8Cpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(BitnetHeadGreedyCpu);
 
 namespace bitnet {
 
@@ -87,10 +88,11 @@ namespace {
 PyObject* capsule(void* fn) { return PyCapsule_New(fn, nullptr, nullptr); }
 
 PyObject* py_handlers(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:N,s:N,s:N,s:N}", "ternary_matmul", capsule(reinterpret_cast<void*>(&BitnetTernaryMatmulCpu)),
+  return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N}", "ternary_matmul", capsule(reinterpret_cast<void*>(&BitnetTernaryMatmulCpu)),
                        "ternary_matmul_stacked", capsule(reinterpret_cast<void*>(&BitnetTernaryMatmulStackedCpu)),
                        "head_float", capsule(reinterpret_cast<void*>(&BitnetHeadFloatCpu)), "head_int8",
-                       capsule(reinterpret_cast<void*>(&BitnetHeadInt8Cpu)));
+                       capsule(reinterpret_cast<void*>(&BitnetHeadInt8Cpu)), "head_greedy",
+                       capsule(reinterpret_cast<void*>(&BitnetHeadGreedyCpu)));
 }
 
 PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(bitnet::isa_name(bitnet::isa_level())); }

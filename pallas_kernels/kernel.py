@@ -60,6 +60,10 @@ class Kernel:
     stacked_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None  # reads layer in place
     head_float_fn: Callable[[jax.Array, jax.Array], jax.Array] = xla_head_float
     head_int8_fn: Callable[[jax.Array, jax.Array], jax.Array] = xla_head_int8
+    # (x, table, codes, scales) -> (argmax tokens, rows recomputed): the exact head's greedy choice read
+    # through an int8 screen of the table; None where the kernel has none
+    head_greedy_fn: Callable[..., tuple[jax.Array, jax.Array]] | None = None
+    head_screen_pays_fn: Callable[[], bool] | None = None  # whether head_greedy beats the float head here
     interpret: bool = False  # Pallas kernels run interpreted on CPU
     transparent: bool = False  # plain XLA ops: XLA's partitioner can split it without shard_map
     decode_fn: MatmulFn | None = None  # the split-K GEMV tiles, for M <= decode_max_m
@@ -123,6 +127,16 @@ class Kernel:
     def head_int8(self, xq: jax.Array, table: jax.Array) -> jax.Array:
         """Exact int32 ``xq @ table.T`` for int8 ``xq [M, D]`` and an int8 ``table [V, D]``."""
         return self.head_int8_fn(xq, table)
+
+    def head_screen_pays(self) -> bool:
+        """Whether greedy decoding is faster through :meth:`head_greedy` than through the float head."""
+        return self.head_greedy_fn is not None and self.head_screen_pays_fn is not None and self.head_screen_pays_fn()
+
+    def head_greedy(self, x: jax.Array, table: jax.Array, codes: jax.Array, scales: jax.Array) -> jax.Array:
+        """``argmax(head_float(x, table), -1)`` (int32 ``[M]``) read through the table's int8 screen."""
+        if self.head_greedy_fn is None:
+            raise KernelError(f"kernel {self.name!r} has no screened greedy head")
+        return self.head_greedy_fn(x, table, codes, scales)[0]
 
 
 def _cuda_capability() -> tuple[int, int] | None:
@@ -231,7 +245,8 @@ def _make_kernel(name: str, interpret: bool, guard: bool = True) -> Kernel:
         from pallas_kernels import cpu
 
         cpu.require()
-        return Kernel("cpu", layouts.TILE16, cpu.ternary_matmul, cpu.ternary_matmul_stacked, cpu.head_float, cpu.head_int8)
+        return Kernel("cpu", layouts.TILE16, cpu.ternary_matmul, cpu.ternary_matmul_stacked, cpu.head_float, cpu.head_int8,
+                      head_greedy_fn=cpu.head_greedy, head_screen_pays_fn=cpu.head_screen_pays)
     return _pallas_kernel(name, interpret, guard)
 
 

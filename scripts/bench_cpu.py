@@ -42,7 +42,9 @@ A process's figures:
   is its first stdout byte, which can be the echoed prompt rather than the first token);
 * memory: ``rss_bytes`` (VmRSS) at the end (after the batched runs and their programs),
   ``rss_single_stream_bytes`` after the single-row decode runs, ``peak_rss_load_bytes`` (VmHWM after
-  loading) and ``rss_after_load_bytes``; ``model_bytes`` is the packed body + head as held in memory;
+  loading) and ``rss_after_load_bytes``; ``model_bytes`` is the packed body + head as held in memory,
+  ``head_screen_bytes`` the int8 screen of the head that greedy decoding reads instead of the table
+  (``from_pretrained``'s default ``head_screen``), not counted in ``model_bytes``;
   ``cold_peak_load_over_final_rss`` is the cold run's load peak over its RSS after loading.
 
 The head is the exact float head (``head: exact``) unless ``--head int8``. The figures reported are
@@ -140,6 +142,8 @@ def jax_worker(args: argparse.Namespace) -> dict[str, Any]:
     import bitnet_jax as bj
     import importlib
 
+    from bitnet_jax.model import head as head_lib
+
     gen_mod = importlib.import_module("bitnet_jax.inference.generate")
 
     t0 = _now()
@@ -151,7 +155,9 @@ def jax_worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.head == "int8":
         model = bj.with_int8_head(model)
     leaves = jax.tree_util.tree_leaves(model.params)
-    out["model_bytes"] = int(sum(x.nbytes for x in leaves))
+    screen = [model.params[n] for n in head_lib.SCREEN_NAMES if n in model.params]
+    out["head_screen_bytes"] = int(sum(x.nbytes for x in screen))  # greedy decoding's int8 screen of the head
+    out["model_bytes"] = int(sum(x.nbytes for x in leaves)) - out["head_screen_bytes"]
     out["scan_layers"] = model.form.scan_layers
     vocab = model.config.vocab_size
     p32 = prompt_ids(vocab, PROMPT_LEN)
@@ -479,6 +485,9 @@ def main() -> None:
         "start_to_first_token_over_llamacpp": (round(ours["start_to_first_token_s"] / peer["start_to_first_token_s"], 3)
                                                if peer.get("start_to_first_token_s") else None),
         "rss_over_model_bytes": round(ours["rss_bytes"] / ours["model_bytes"], 3),
+        "head_screen_bytes": ours["head_screen_bytes"],
+        "rss_single_stream_over_model_plus_screen_bytes": round(
+            ours["rss_single_stream_bytes"] / (ours["model_bytes"] + ours["head_screen_bytes"]), 3),
         "rss_single_stream_over_model_bytes": round(ours["rss_single_stream_bytes"] / ours["model_bytes"], 3),
         "peak_load_over_final_rss": round(ours["peak_rss_load_bytes"] / ours["rss_after_load_bytes"], 3),
         "cold_peak_load_over_final_rss": (round(cold["peak_rss_load_bytes"] / cold["rss_after_load_bytes"], 3)

@@ -25,6 +25,7 @@ from bitnet_jax.errors import GenerationError
 from bitnet_jax.inference._args import check_generate_args
 from bitnet_jax.inference.sampling import SamplingParams, sample
 from bitnet_jax.model import BitNetModel, KVCache, Transformer, init_cache
+from bitnet_jax.model import head as head_lib
 from bitnet_jax.parallel.rules import place_batch
 
 MIN_PROMPT_BUCKET = 16
@@ -78,9 +79,22 @@ class SamplerState:
     rng: jax.Array
 
 
-def _emit(state: SamplerState, logits, sampling, stop_tokens) -> SamplerState:
+def _apply(params, module: Transformer, sampling: SamplingParams, *args):
+    """The model on ``args``: ``(logits or None, greedy tokens or None, cache)``. Greedy decoding of a model
+    with a head screen takes the exact head's argmax through it (:func:`head_lib.greedy_tokens`)."""
+    if sampling.greedy and module.form.head == "exact" and head_lib.SCREEN_NAMES[0] in params:
+        x, cache = module.apply({"params": params}, *args, hidden=True)
+        tokens = head_lib.greedy_tokens(x[:, -1, :], params, module.config.tie_word_embeddings, module.form.kernel)
+        if tokens is not None:
+            return None, tokens, cache
+    logits, cache = module.apply({"params": params}, *args)
+    return logits, None, cache
+
+
+def _emit(state: SamplerState, logits, sampling, stop_tokens, token=None) -> SamplerState:
     rng, key = jax.random.split(state.rng)
-    token = sample(logits[:, -1, :], key, sampling)
+    if token is None:
+        token = sample(logits[:, -1, :], key, sampling)
     token = jnp.where(state.done, PAD_ID, token)
     output = jax.lax.dynamic_update_slice_in_dim(state.output, token[:, None], state.step, axis=1)
     done = state.done | jnp.isin(token, stop_tokens)
@@ -90,7 +104,7 @@ def _emit(state: SamplerState, logits, sampling, stop_tokens) -> SamplerState:
 def _prefill(params, tokens, lengths, rng, sampling, stop_tokens, module: Transformer, cache_len: int, out_len: int):
     b = tokens.shape[0]
     cache = init_cache(module.config, b, cache_len, stacked=module.form.scan_layers)
-    logits, cache = module.apply({"params": params}, tokens, None, cache, lengths - 1)
+    logits, token, cache = _apply(params, module, sampling, tokens, None, cache, lengths - 1)
     state = SamplerState(
         step=jnp.int32(0),
         last_token=jnp.zeros((b,), jnp.int32),
@@ -100,13 +114,14 @@ def _prefill(params, tokens, lengths, rng, sampling, stop_tokens, module: Transf
         cache=cache,
         rng=rng,
     )
-    return _emit(state, logits, sampling, stop_tokens)
+    return _emit(state, logits, sampling, stop_tokens, token)
 
 
 def _decode_step(params, state: SamplerState, sampling, stop_tokens, module: Transformer) -> SamplerState:
-    logits, cache = module.apply({"params": params}, state.last_token[:, None], state.position[:, None], state.cache)
+    logits, token, cache = _apply(params, module, sampling, state.last_token[:, None], state.position[:, None],
+                                  state.cache)
     state = state.replace(cache=cache, position=state.position + 1)
-    return _emit(state, logits, sampling, stop_tokens)
+    return _emit(state, logits, sampling, stop_tokens, token)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "cache_len", "out_len"))

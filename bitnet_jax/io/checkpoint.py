@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bitnet_jax._memory import release_pages
+from bitnet_jax._memory import ALIGN, aligned_empty, release_pages  # noqa: F401 (ALIGN: re-exported)
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.errors import CheckpointError
 from bitnet_jax.io.names import TensorName, get_node, set_node, tensor_names, ternary_tensors
@@ -67,18 +67,6 @@ class Checkpoint:
     tensors: dict[str, Any]
     source: str
     tokenizer: Any = None
-
-
-ALIGN = 64  # XLA's CPU client adopts a host buffer this aligned without copying it (jax.device_put)
-
-
-def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """An uninitialised array whose data starts on an ``ALIGN``-byte boundary."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGN, np.uint8)
-    offset = (-raw.ctypes.data) % ALIGN
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 TABLES = ("embed_tokens", "lm_head")  # the [vocab, hidden] tables (embedding, untied head)

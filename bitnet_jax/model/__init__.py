@@ -10,7 +10,7 @@ devices or meshes: :mod:`bitnet_jax.parallel` wraps the kernel and fills the for
 
 from bitnet_jax.model.cache import KVCache, init_cache
 from bitnet_jax.model.form import BitNetModel, Form
-from bitnet_jax.model.head import with_int8_head
+from bitnet_jax.model.head import with_head_screen, with_int8_head
 from bitnet_jax.model.scan import stack_layers, unstack_layers
 from bitnet_jax.model.transformer import Transformer
 
@@ -22,5 +22,6 @@ __all__ = [
     "init_cache",
     "stack_layers",
     "unstack_layers",
+    "with_head_screen",
     "with_int8_head",
 ]

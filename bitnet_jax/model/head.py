@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitnet_jax._memory import aligned_empty
 from bitnet_jax.errors import ConfigError
 from bitnet_jax.model import quant
 from bitnet_jax.model.form import BitNetModel
@@ -42,7 +43,7 @@ def quantize_table(table: Any) -> tuple[np.ndarray, np.ndarray]:
     table = np.asarray(table)
     if table.ndim != 2:
         raise ConfigError(f"the head table must be 2-D [vocab, hidden], got shape {table.shape}")
-    codes = np.empty(table.shape, np.int8)
+    codes = aligned_empty(table.shape, np.int8)  # the CPU device adopts it without a copy
     scale = np.empty(table.shape[0], np.float32)
     for start in range(0, table.shape[0], QUANTIZE_ROWS):
         rows = slice(start, start + QUANTIZE_ROWS)
@@ -67,7 +68,7 @@ def quantize_head_params(params: dict, tie_word_embeddings: bool) -> dict:
         raise ConfigError(f"the parameter tree has no {name!r} table (tie_word_embeddings={tie_word_embeddings})")
     if scales_name in params:
         raise ConfigError(f"the head is already int8 ({scales_name!r} is present)")
-    out = dict(params)
+    out = {k: v for k, v in params.items() if k not in SCREEN_NAMES}  # an int8 head has no float table to screen
     codes, scale = quantize_table(params[name])
     out[name] = jnp.asarray(codes).block_until_ready()  # the transfer holds ``codes`` until it completes
     out[scales_name] = jnp.asarray(scale)
@@ -82,6 +83,57 @@ def with_int8_head(model: BitNetModel) -> BitNetModel:
         raise ConfigError("the model's head is already int8")
     params = quantize_head_params(model.params, model.config.tie_word_embeddings)
     return dataclasses.replace(model, params=params, form=dataclasses.replace(model.form, head="int8"))
+
+
+SCREEN_NAMES = ("head_screen", "head_screen_scales")  # the exact head's int8 screen (greedy decoding)
+SCREEN_MIN_VALUES = 1 << 24  # tables of at least this many values get a screen by default (2B4T: 328 M)
+
+
+def screen_table(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 screen of a float head table: :func:`quantize_table`'s codes and scales, scale 0 for a zero
+    row (its codes say exactly 0), so ``codes * scales`` is within half a step of every value."""
+    codes, scale = quantize_table(table)
+    for start in range(0, codes.shape[0], QUANTIZE_ROWS):
+        rows = slice(start, start + QUANTIZE_ROWS)
+        scale[rows][~codes[rows].any(axis=1)] = 0.0
+    return codes, scale
+
+
+def wants_screen(model: BitNetModel) -> bool:
+    """Whether a screen pays for ``model``: an exact head, a kernel whose screened greedy head is faster
+    than its float head (:meth:`pallas_kernels.Kernel.head_screen_pays`), a table of at least
+    :data:`SCREEN_MIN_VALUES` values."""
+    cfg, kernel = model.config, model.form.kernel
+    if kernel is None or model.form.head != "exact" or not kernel.head_screen_pays():
+        return False
+    return cfg.vocab_size * cfg.hidden_size >= SCREEN_MIN_VALUES
+
+
+def with_head_screen(model: BitNetModel) -> BitNetModel:
+    """The same model with an int8 screen of its exact head table, which greedy decoding reads instead of
+    the float table (:meth:`pallas_kernels.Kernel.head_greedy`): the same tokens, about half the bytes
+    per decoded token for a bfloat16 table. Logits (``forward``, sampling, perplexity) still use the table."""
+    if not model.packed or model.form.head != "exact":
+        raise ConfigError("the head screen needs a packed model with the exact head")
+    if model.form.kernel.head_greedy_fn is None:
+        raise ConfigError(f"kernel {model.form.kernel.name!r} has no screened greedy head")
+    if SCREEN_NAMES[0] in model.params:
+        return model
+    name, _ = table_names(model.config.tie_word_embeddings)
+    codes, scale = screen_table(model.params[name])
+    params = dict(model.params)
+    params[SCREEN_NAMES[0]] = jax.device_put(codes).block_until_ready()
+    params[SCREEN_NAMES[1]] = jnp.asarray(scale)
+    return dataclasses.replace(model, params=params)
+
+
+def greedy_tokens(x: jax.Array, params: dict, tie_word_embeddings: bool, kernel: Kernel) -> jax.Array | None:
+    """The exact head's argmax token ids ``[B]`` for hidden states ``x [B, D]`` through the head screen, or
+    None when ``params`` has no screen (the caller takes the logits instead)."""
+    if SCREEN_NAMES[0] not in params or kernel.head_greedy_fn is None:
+        return None
+    table = params[table_names(tie_word_embeddings)[0]]
+    return kernel.head_greedy(x, table, params[SCREEN_NAMES[0]], params[SCREEN_NAMES[1]])
 
 
 def embed(table: jax.Array, tokens: jax.Array, scales: jax.Array | None = None) -> jax.Array:

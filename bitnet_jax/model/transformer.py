@@ -143,8 +143,8 @@ class Transformer(nn.Module):
     """The BitNet b1.58 causal LM (any family).
 
     ``__call__(tokens [B, T], positions [B, T] | None, cache | None, logit_index [B] | None,
-    segment_ids [B, T] | None)`` returns ``(float32 logits, cache)``: logits ``[B, T, vocab]``, or
-    ``[B, 1, vocab]`` at ``logit_index`` only. ``segment_ids`` (training on packed rows, no cache) keeps
+    segment_ids [B, T] | None, hidden=False)`` returns ``(float32 logits, cache)``: logits ``[B, T, vocab]``,
+    or ``[B, 1, vocab]`` at ``logit_index`` only (``hidden=True``: the final normed hidden states instead). ``segment_ids`` (training on packed rows, no cache) keeps
     attention inside each document of a row (:func:`attend`).
     Layers are unrolled (``layers_0 ..``, the names of HF checkpoints) unless ``form.scan_layers``
     (:mod:`bitnet_jax.model.scan`).
@@ -164,7 +164,8 @@ class Transformer(nn.Module):
         return self.param(name, nn.initializers.normal(0.02), shape, jnp.float32), None
 
     @nn.compact
-    def __call__(self, tokens, positions=None, cache: KVCache | None = None, logit_index=None, segment_ids=None):
+    def __call__(self, tokens, positions=None, cache: KVCache | None = None, logit_index=None, segment_ids=None,
+                 hidden: bool = False):
         cfg, form, dtype = self.config, self.form, jnp.dtype(self.config.dtype)
         b, t = tokens.shape
         if segment_ids is not None and cache is not None:
@@ -200,6 +201,8 @@ class Transformer(nn.Module):
         x = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, name="norm")(x)
         if logit_index is not None:
             x = jnp.take_along_axis(x, logit_index[:, None, None], axis=1)
+        if hidden:  # the normed hidden states: the caller applies the head itself (the greedy screen)
+            return x, new_cache
         head, head_scales = (embedding, embed_scales) if cfg.tie_word_embeddings else self._table("lm_head")
         # the training form's head is a plain (differentiable) XLA dot
         kernel = form.kernel if form.packed else get_kernel("xla")

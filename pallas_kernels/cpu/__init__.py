@@ -21,6 +21,7 @@ TARGET_NAME = "bitnet_ternary_matmul_cpu"
 STACKED_TARGET = "bitnet_ternary_matmul_stacked_cpu"
 HEAD_FLOAT_TARGET = "bitnet_head_float_cpu"
 HEAD_INT8_TARGET = "bitnet_head_int8_cpu"
+HEAD_GREEDY_TARGET = "bitnet_head_greedy_cpu"
 
 try:
     from pallas_kernels.cpu import _ternary_cpu as _ext
@@ -36,7 +37,8 @@ except ImportError as err:  # no compiler at install time, or a source checkout 
 else:
     _handlers = _ext.handlers()
     for _name, _key in ((TARGET_NAME, "ternary_matmul"), (STACKED_TARGET, "ternary_matmul_stacked"),
-                        (HEAD_FLOAT_TARGET, "head_float"), (HEAD_INT8_TARGET, "head_int8")):
+                        (HEAD_FLOAT_TARGET, "head_float"), (HEAD_INT8_TARGET, "head_int8"),
+                        (HEAD_GREEDY_TARGET, "head_greedy")):
         jax.ffi.register_ffi_target(_name, _handlers[_key], platform="cpu")
 
 AVAILABLE: bool = _ext is not None
@@ -121,9 +123,37 @@ def head_int8(x: jax.Array, table: jax.Array) -> jax.Array:
     return jax.ffi.ffi_call(HEAD_INT8_TARGET, out, vmap_method="sequential")(x, table)
 
 
+def head_greedy(x: jax.Array, table: jax.Array, codes: jax.Array, scales: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``argmax(head_float(x, table), -1)`` for float ``x [M, D]``, screened through the table's int8 copy.
+
+    ``codes int8 [V, D]`` and ``scales float32 [V]`` are the table quantized per row (``codes * scales``
+    within half a step of each value, a zero row with scale 0: :func:`bitnet_jax.model.head.screen_table`);
+    rigorous bounds on the int8 estimate leave few rows to recompute from ``table``, each exactly as
+    :func:`head_float` computes it, so the result is that argmax (first maximum on ties). Returns
+    ``(tokens int32 [M], rows recomputed int32 [M])``.
+    """
+    require()
+    x = x.astype(jnp.float32)
+    _check_head(x, table, (jnp.float32,), (jnp.bfloat16, jnp.float32), "head_greedy")
+    if codes.dtype != jnp.int8 or codes.shape != table.shape or scales.dtype != jnp.float32 or \
+            scales.shape != table.shape[:1]:
+        raise KernelError(f"head_greedy expects int8 codes {table.shape} and float32 scales {table.shape[:1]}, "
+                          f"got {codes.dtype} {codes.shape} and {scales.dtype} {scales.shape}")
+    out = (jax.ShapeDtypeStruct((x.shape[0],), jnp.int32), jax.ShapeDtypeStruct((x.shape[0],), jnp.int32))
+    return jax.ffi.ffi_call(HEAD_GREEDY_TARGET, out, vmap_method="sequential")(x, table, codes, scales)
+
+
+def head_screen_pays() -> bool:
+    """True on the paths with int8 dot products (``amx``, ``avx512vnni``), where :func:`head_greedy`'s
+    int8 pass streams at memory speed; on AVX2 and scalar code it would be slower than the float head."""
+    return isa() in ("amx", "avx512vnni")
+
+
 __all__ = [
     "AVAILABLE",
+    "head_screen_pays",
     "head_float",
+    "head_greedy",
     "head_int8",
     "isa",
     "require",
