@@ -8,6 +8,19 @@ import os
 # config change); tests of the cache set BITNET_JAX_CACHE for their subprocess
 os.environ.setdefault("BITNET_JAX_CACHE", "off")
 os.environ.setdefault("BITNET_JAX_PACKED_CACHE", "off")  # likewise from_pretrained's packed-layout cache
+# One JAX persistent compilation cache for the whole run, in a temporary directory that the first process
+# (pytest itself, before xdist starts its workers) creates and removes at exit: the workers and every
+# subprocess a test starts (CLI, servers, multi-process runs) inherit it, so a program compiled once in
+# the run is not compiled again elsewhere. Compiled programs behave the same whether compiled or loaded.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _xla_cache = tempfile.mkdtemp(prefix="bitnet-jax-tests-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    atexit.register(shutil.rmtree, _xla_cache, True)
 # no test touches the network: the hub libraries read these when first imported, so set them before any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

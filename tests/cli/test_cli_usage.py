@@ -22,6 +22,8 @@ CLI = [sys.executable, "-m", "bitnet_jax.cli"]
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, BITNET_JAX_CACHE="off", PYTHONUNBUFFERED="1")
     env.update(extra)
+    if extra.get("BITNET_JAX_CACHE", "off") != "off":  # the CLI's own cache under test: not the suite's
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return env
 
 

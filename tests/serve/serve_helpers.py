@@ -84,6 +84,6 @@ def live_server(*args: str, timeout: float = 240.0):
 
 @pytest.fixture(scope="session")
 def server():
-    """The shared live server: default model, 8 slots, context 128."""
-    with live_server("--slots", "8", "--context", "128", "--max-queue", "64") as s:
+    """The shared live server: default model, 8 slots, context 64 (five prompt buckets to warm up)."""
+    with live_server("--slots", "8", "--context", "64", "--max-queue", "64") as s:
         yield s

@@ -177,7 +177,7 @@ def test_openai_client_raises_bad_request(client):
 
 def test_disconnect_mid_stream_frees_the_slot(server):
     before = _metric(server, 'bitnet_jax_requests_total{reason="cancelled"}')
-    body = {"prompt": "def f(x):", "max_tokens": 120, "temperature": 0, "stream": True, "stop": [0]}
+    body = {"prompt": "def f(x):", "max_tokens": 56, "temperature": 0, "stream": True, "stop": [0]}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i >= 2:

@@ -24,7 +24,9 @@ async def _stream(client: httpx.AsyncClient, url: str) -> tuple[int, list[str]]:
 
 
 def test_full_queue_429_then_sigterm_drains_and_exits_0():
-    with live_server("--slots", "2", "--max-queue", "1", "--context", "128") as server:
+    # --no-warmup: the programs these requests need compile on the first of them (the start-up path without
+    # warm-up; the shared server of test_server.py warms up)
+    with live_server("--slots", "2", "--max-queue", "1", "--context", "128", "--no-warmup") as server:
         async def burst():
             async with httpx.AsyncClient(timeout=120) as c:
                 return await asyncio.gather(*(_stream(c, server.url) for _ in range(8)))
