@@ -143,6 +143,7 @@ def test_worked_example_held_out_loss_falls_and_exports_agree(tmp_path):
     assert model.tokenizer is not None and model.config.vocab_size == 4096
 
 
+@pytest.mark.slow  # the default run resumes the same train loop bit for bit (tests/train/test_train_loop.py)
 def test_resumed_fine_tune_is_bit_identical(tmp_path):
     from tests.train.test_train_loop import _assert_identical, _params
 

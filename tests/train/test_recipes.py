@@ -44,6 +44,7 @@ def test_recipes_parse():
     assert config_from_dict(example.to_dict()) == example and config_from_dict(recipe.to_dict()) == recipe
 
 
+@pytest.mark.slow  # the default run parses every recipe (above) and trains on an 8-device mesh (tests/parallel)
 def test_2b4t_recipe_compiles_a_tiny_variant_on_8_devices():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(ROOT)}
