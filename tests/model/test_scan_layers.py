@@ -28,7 +28,8 @@ def _models(backend: str, preset: str = "tiny") -> tuple[BitNetModel, BitNetMode
 
 # every backend scans with both heads; the default run takes one head per backend (the scanned layers are
 # the same code under either head; tests/model/test_head.py covers the heads)
-SCAN_CASES = [pytest.param(b, p, marks=[pytest.mark.slow] if (b == "xla") == (p == "tiny") else [])
+SLOW_SCAN_CASES = {("xla", "tiny"), ("cpu", "tiny-untied")}
+SCAN_CASES = [pytest.param(b, p, marks=[pytest.mark.slow] if (b, p) in SLOW_SCAN_CASES else [])
               for b in BACKENDS for p in ("tiny", "tiny-untied")]
 
 
