@@ -127,6 +127,15 @@ def with_head_screen(model: BitNetModel) -> BitNetModel:
     return dataclasses.replace(model, params=params)
 
 
+def row_read_tables(params: dict, tie_word_embeddings: bool) -> tuple[str, ...]:
+    """The tables of ``params`` a decoding step reads only a few rows of: the embedding when the head has a
+    table of its own, and the head's table when greedy decoding goes through its screen."""
+    names = [] if tie_word_embeddings else ["embed_tokens"]
+    if SCREEN_NAMES[0] in params:
+        names.append(table_names(tie_word_embeddings)[0])
+    return tuple(n for n in dict.fromkeys(names) if n in params)
+
+
 def greedy_tokens(x: jax.Array, params: dict, tie_word_embeddings: bool, kernel: Kernel) -> jax.Array | None:
     """The exact head's argmax token ids ``[B]`` for hidden states ``x [B, D]`` through the head screen, or
     None when ``params`` has no screen (the caller takes the logits instead)."""

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import bitnet_jax as bj
 from bitnet_jax.config import ModelConfig
 from bitnet_jax.io import model_from_checkpoint, random_checkpoint, save_pretrained
+from bitnet_jax._memory import advise_random, drop_file_cache
 from bitnet_jax.io.loading import PACKED_CACHE_ENV, packed_cache_dir
+from bitnet_jax.model.head import SCREEN_NAMES, row_read_tables
 from pallas_kernels import get_kernel
 
 
@@ -81,3 +86,66 @@ def test_corrupt_entry_falls_back_to_the_file(tmp_path, monkeypatch):
     (entry,) = list((tmp_path / "cache").iterdir())
     (entry / "model.pkl").write_bytes(b"not a pickle")
     _same(first, bj.from_pretrained(path, packed_cache=True))
+
+
+def test_row_read_tables():
+    table = np.zeros((2, 2), np.float32)
+    assert row_read_tables({"embed_tokens": table}, True) == ()  # the float head reads the whole table
+    assert row_read_tables({"embed_tokens": table, SCREEN_NAMES[0]: table}, True) == ("embed_tokens",)
+    assert row_read_tables({"embed_tokens": table, "lm_head": table}, False) == ("embed_tokens",)
+    assert row_read_tables({"embed_tokens": table, "lm_head": table, SCREEN_NAMES[0]: table}, False) == (
+        "embed_tokens", "lm_head")
+
+
+def test_tables_read_by_row_leave_the_page_cache_and_map_for_random_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv(PACKED_CACHE_ENV, str(tmp_path / "cache"))
+    dropped, advised = [], []
+    monkeypatch.setattr("bitnet_jax.io.loading.drop_file_cache", lambda p: dropped.append(Path(p).name))
+    monkeypatch.setattr("bitnet_jax.io.loading.advise_random", lambda v: advised.append(v.shape))
+    path = _write_gguf(tmp_path / "m.gguf")
+    first = bj.from_pretrained(path, packed_cache=True, head_screen=True, kernel="cpu")
+    names = [p[0].key for p, _ in jax.tree_util.tree_flatten_with_path(first.params)[0]]
+    table = names.index("embed_tokens")  # tied: the screened head reads rows of the embedding table
+    assert dropped == [f"{table}.npy"]
+    second = bj.from_pretrained(path, packed_cache=True, head_screen=True, kernel="cpu")
+    assert advised == [first.params["embed_tokens"].shape]
+    _same(first, second)
+    dropped.clear(), advised.clear()
+    bj.from_pretrained(path, packed_cache=True, head_screen=False, kernel="cpu")  # the float head reads it all
+    bj.from_pretrained(path, packed_cache=True, head_screen=False, kernel="cpu")
+    assert dropped == [] and advised == []
+
+
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, current = 0, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if ":" not in parts[0] or not line[0].isupper():  # a mapping's header line
+                current = parts[5] if len(parts) > 5 else None
+            elif parts[0] == "Rss:" and current == str(path):
+                total += int(parts[1])
+    return total
+
+
+def _on_tmpfs(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split() for line in f]
+    best = max((m for m in mounts if str(path).startswith(m[1].rstrip("/") + "/")), key=lambda m: len(m[1]))
+    return best[2] == "tmpfs"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_a_dropped_table_maps_only_the_pages_read(tmp_path):
+    if _on_tmpfs(tmp_path):
+        pytest.skip("tmpfs holds a file's pages as its storage: there is no page cache to drop")
+    path = tmp_path / "table.npy"
+    np.save(path, np.ones((4096, 4096), np.uint8))  # 16 MiB, just written: in the page cache
+    drop_file_cache(path)
+    table = np.load(path, mmap_mode="c")
+    advise_random(table)
+    rows = (100, 1100, 2100, 3100)
+    assert sum(int(table[r, 0]) for r in rows) == len(rows)
+    # each read maps its own page (with a 2 MB folio behind it, each would map 2 MB: 8 MB in all)
+    assert _mapped_kib(path) <= len(rows) * 64, _mapped_kib(path)
