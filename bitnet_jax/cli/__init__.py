@@ -21,6 +21,7 @@ import warnings
 from typing import Sequence
 
 from bitnet_jax.cli import chat, convert, generate, info, launch, perplexity, serve, train
+from bitnet_jax.cli._common import INTERRUPTS
 from bitnet_jax.errors import BitNetError
 
 SUBCOMMANDS = (generate, info, chat, convert, train, perplexity, launch, serve)
@@ -85,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit fails the write (a one-line error), not the process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        return args.func(args)
+        with INTERRUPTS:
+            status = args.func(args)
+            INTERRUPTS.check()
+        return status
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except BitNetError as e:

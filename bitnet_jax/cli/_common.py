@@ -135,8 +135,44 @@ def load_model(args: argparse.Namespace) -> Any:
     return bj.from_pretrained(bj.DEFAULT_MODEL if source is None else source, dtype=getattr(args, "dtype", None))
 
 
+class Interrupts:
+    """Ctrl-C that is never lost. Python raises ``KeyboardInterrupt`` in whatever code runs next, and where
+    that is a garbage-collection callback or a finalizer (JAX registers one) it can only print it and
+    carry on. While installed, such a swallowed interrupt is remembered instead, and :meth:`check` raises
+    it at the next safe point (each streamed token; the end of the command)."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "Interrupts":
+        self._previous, sys.unraisablehook = sys.unraisablehook, self._hook
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.unraisablehook = self._previous
+
+    def _hook(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self.pending = True
+        else:
+            self._previous(unraisable)
+
+    def check(self) -> None:
+        """Raise the interrupt that arrived where it could not be raised, if one did."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+INTERRUPTS = Interrupts()
+"""The process's one guard (signals belong to the process): installed by ``main``, checked per token."""
+
+
 def write_flushed(out: Any, text: str) -> None:
-    """Write ``text`` and flush, so streamed tokens appear as they are produced."""
+    """Write ``text`` and flush, so streamed tokens appear as they are produced (first raising a Ctrl-C
+    that arrived where Python could not raise it: :class:`Interrupts`)."""
+    INTERRUPTS.check()
     if text:
         out.write(text)
         out.flush()
