@@ -185,14 +185,12 @@ def test_a_decode_step_of_few_slots_does_not_copy_the_cache(model, scan_layers):
     that indexed its layer before its rows copied every slot of each layer)."""
     import jax
 
-    from bitnet_jax.model import stack_layers
     from bitnet_jax.serve import engine as engine_lib
 
-    if scan_layers:
-        if model.form.kernel.stacked_fn is None:
-            pytest.skip("the kernel reads no stacked layer in place (the CPU extension is not built)")
-        model = bj.BitNetModel(model.config, stack_layers(jax.device_get(model.params), model.config.num_hidden_layers),
-                               model.tokenizer, form=bj.model.Form(kernel=model.form.kernel, scan_layers=True))
+    if scan_layers and model.form.kernel.stacked_fn is None:
+        pytest.skip("the kernel reads no stacked layer in place (the CPU extension is not built)")
+    model = bj.from_pretrained(bj.DEFAULT_MODEL, scan_layers=scan_layers)
+    assert model.form.scan_layers == scan_layers
     e = Engine(model, slots=16)
     cache_bytes = sum(a.nbytes for a in jax.tree.leaves(e._cache))
     compiled = engine_lib._decode_slots.lower(

@@ -82,7 +82,7 @@ def test_packed_start_keeps_the_packed_model_function(tmp_path):
     _tokenizer_json(tmp_path, SPEC.vocab_size)
     start = load_init(InitConfig(from_=str(tmp_path)))
     assert "packed codes only" in start.note
-    packed = bj.from_pretrained(tmp_path)
+    packed = bj.from_pretrained(tmp_path, scan_layers=False)  # per-layer names, as the latent tree's
     # exactly: every latent weight quantizes to the packed model's codes and scale
     from flax.traverse_util import flatten_dict
     from pallas_kernels.layouts import unpack
