@@ -20,6 +20,14 @@ def release_host_memory() -> None:
         pass
 
 
+def _memmap_root(view: np.ndarray) -> np.memmap | None:
+    """The ``np.memmap`` made over the map itself under ``view`` (slices of a memmap are memmaps too)."""
+    root: Any = view
+    while root is not None and not (isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)):
+        root = getattr(root, "base", None)
+    return root
+
+
 def release_pages(view: np.ndarray) -> None:
     """Drop the pages of a memory-mapped file that ``view`` covers from this process's memory.
 
@@ -28,9 +36,7 @@ def release_pages(view: np.ndarray) -> None:
     reads a file tensor by tensor holds one tensor's pages at a time. Touching the view again reads
     the file again. Anything else (a copy, a writable map, a non-contiguous view) is left alone.
     """
-    root = view  # the np.memmap made over the map itself (slices of a memmap are memmaps too)
-    while root is not None and not (isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)):
-        root = getattr(root, "base", None)
+    root = _memmap_root(view)
     if root is None or root.mode != "r" or not view.flags.c_contiguous or not hasattr(root.base, "madvise"):
         return
     handle = root.base
@@ -64,9 +70,7 @@ def advise_random(view: np.ndarray) -> None:
     """Tell the kernel that the file mapping under ``view`` (an ``np.load(..., mmap_mode=...)`` array) is
     read at random: a page fault reads that page, not a readahead window around it. Anything else is
     left alone."""
-    root = view
-    while root is not None and not isinstance(getattr(root, "base", None), mmap.mmap):
-        root = getattr(root, "base", None)
+    root = _memmap_root(view)
     if root is not None and hasattr(root.base, "madvise"):
         root.base.madvise(mmap.MADV_RANDOM)
 
