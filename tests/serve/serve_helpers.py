@@ -84,6 +84,7 @@ def live_server(*args: str, timeout: float = 240.0):
 
 @pytest.fixture(scope="session")
 def server():
-    """The shared live server: default model, 8 slots, context 64 (five prompt buckets to warm up)."""
-    with live_server("--slots", "8", "--context", "64", "--max-queue", "64") as s:
+    """The shared live server: default model, 8 slots, context 64, prompts prefilled up to 2 at a time (five
+    prompt buckets x row counts 1 and 2, and four decode programs, to warm up)."""
+    with live_server("--slots", "8", "--context", "64", "--max-queue", "64", "--prefill-batch", "2") as s:
         yield s
