@@ -401,8 +401,8 @@ ffi::Error HeadInt8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffe
 
 // ---------------------------------------------------------------------------------------------
 // The screened greedy head: argmax_v (x @ table^T)[m, v] of the exact float head, reading the int8
-// screen (codes q [V, D] in [-127, 127], scale s [V] per row, as quantize_table makes them) instead of
-// the float table for all but a few rows.
+// screen (codes q in [-127, 127] and a scale s [V] per table row, as quantize_table makes them) instead
+// of the float table for all but a few rows.
 //
 // For a row h of x: h = t1 p1 + t2 p2 + delta (two int8 levels, |delta| <= t2 / 2) and every table row
 // E = s q + eta (|eta| <= s / 2). The int8 estimate a = s (t1 p1.q + t2 p2.q) then differs from the
@@ -411,17 +411,24 @@ ffi::Error HeadInt8Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffe
 // whose upper bound reaches the best lower bound is a candidate; the candidates are recomputed with the
 // float head's own tile (bit for bit its value, see kFloatSums), and the first maximum wins, as argmax.
 // Non-finite input falls back to the full float head.
+//
+// Screen layout "group16" (pallas_kernels.cpu.pack_screen): table rows in groups of 16, each group
+// ceil(D / 4) blocks of 64 bytes; byte 4 r + t of block b is q[16 g + r][4 b + t] (zero past V and D).
+// One 64-byte load then feeds a dot product of 4 values into each of 16 int32 lanes, one lane per table
+// row, against a broadcast quad of a level of x: no horizontal sums, and each row of x costs two
+// instructions per block (the row-major screen reloaded every level of x from L2 for each table row).
 // ---------------------------------------------------------------------------------------------
 
 // Up to kScreenRows rows of x share one pass over the codes.
 constexpr int kScreenRows = 8;
+constexpr int64_t kScreenGroup = 16;  // table rows per group of the screen layout
 
 struct Screen {
-  const int8_t* codes;
+  const int8_t* codes;  // [ceil(V / 16), kq * 64]
   const float* scales;
-  int64_t v, d;
+  int64_t v, d, kq;     // kq: blocks per group, ceil(D / 4)
   int rows;  // rows of x in this pass
-  const int8_t* p1;  // [rows, D] the two levels of each row of x
+  const int8_t* p1;  // [rows, 4 kq] the two levels of each row of x (zero past D)
   const int8_t* p2;
   int32_t sum1[kScreenRows], sum2[kScreenRows];  // sums of p1, p2 per row
   double t1[kScreenRows], t2[kScreenRows], l1[kScreenRows], delta[kScreenRows];
@@ -439,62 +446,72 @@ inline void screen_bounds(const Screen& s, int j, int64_t v, int32_t i1, int32_t
   s.hi[j * s.v + v] = a + b;
 }
 
-void screen_scalar(const Screen& s, int64_t v_begin, int64_t v_end) {
-  for (int64_t v = v_begin; v < v_end; ++v) {
-    const int8_t* q = s.codes + v * s.d;
-    int32_t l = 0;
-    for (int64_t k = 0; k < s.d; ++k) l += q[k] < 0 ? -q[k] : q[k];
-    for (int j = 0; j < s.rows; ++j) {
-      int32_t i1 = 0, i2 = 0;
-      for (int64_t k = 0; k < s.d; ++k) {
-        i1 += q[k] * s.p1[j * s.d + k];
-        i2 += q[k] * s.p2[j * s.d + k];
+void screen_scalar(const Screen& s, int64_t g_begin, int64_t g_end) {
+  for (int64_t g = g_begin; g < g_end; ++g) {
+    const int8_t* blk = s.codes + g * s.kq * 64;
+    for (int64_t r = 0; r < kScreenGroup && g * kScreenGroup + r < s.v; ++r) {
+      int32_t l = 0, i1[kScreenRows] = {}, i2[kScreenRows] = {};
+      for (int64_t b = 0; b < s.kq; ++b) {
+        for (int t = 0; t < 4; ++t) {
+          const int32_t q = blk[b * 64 + 4 * r + t];
+          l += q < 0 ? -q : q;
+          for (int j = 0; j < s.rows; ++j) {
+            i1[j] += q * s.p1[j * 4 * s.kq + 4 * b + t];
+            i2[j] += q * s.p2[j * 4 * s.kq + 4 * b + t];
+          }
+        }
       }
-      screen_bounds(s, j, v, i1, i2, l);
+      for (int j = 0; j < s.rows; ++j) screen_bounds(s, j, g * kScreenGroup + r, i1[j], i2[j], l);
     }
   }
 }
 
 #if BITNET_X86
-// One table row against every row of x (2 * rows + 1 dpbusd chains); codes + 128 as unsigned bytes meet
-// the signed levels, and 128 * sum(p) comes off afterwards.
+// One group of 16 table rows against every row of x (2 * rows + 1 dpbusd chains); codes + 128 as
+// unsigned bytes meet the signed levels, and 128 * sum(p) comes off afterwards.
 template <int R>
-BITNET_TARGET_AVX512 void screen_avx512_rows(const Screen& s, int64_t v_begin, int64_t v_end) {
+BITNET_TARGET_AVX512 void screen_avx512_rows(const Screen& s, int64_t g_begin, int64_t g_end) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i ones = _mm512_set1_epi8(1);
-  for (int64_t v = v_begin; v < v_end; ++v) {
+  const int64_t pstride = 4 * s.kq;
+  alignas(64) int32_t l[kScreenGroup], i1[R][kScreenGroup], i2[R][kScreenGroup];
+  for (int64_t g = g_begin; g < g_end; ++g) {
     __m512i a1[R], a2[R], al = _mm512_setzero_si512();
     for (int j = 0; j < R; ++j) a1[j] = a2[j] = _mm512_setzero_si512();
-    const int8_t* row = s.codes + v * s.d;
-    for (int64_t k = 0; k < s.d; k += 64) {
-      const int64_t left = std::min<int64_t>(64, s.d - k);
-      const __mmask64 m = left == 64 ? ~__mmask64{0} : ((__mmask64{1} << left) - 1);
-      const __m512i q = _mm512_maskz_loadu_epi8(m, row + k);
+    const int8_t* blk = s.codes + g * s.kq * 64;
+    for (int64_t b = 0; b < s.kq; ++b) {
+      const __m512i q = _mm512_loadu_si512(blk + b * 64);
       const __m512i e = _mm512_xor_si512(q, flip);
       al = _mm512_dpbusd_epi32(al, _mm512_abs_epi8(q), ones);
       for (int j = 0; j < R; ++j) {
-        a1[j] = _mm512_dpbusd_epi32(a1[j], e, _mm512_maskz_loadu_epi8(m, s.p1 + j * s.d + k));
-        a2[j] = _mm512_dpbusd_epi32(a2[j], e, _mm512_maskz_loadu_epi8(m, s.p2 + j * s.d + k));
+        a1[j] = _mm512_dpbusd_epi32(a1[j], e, _mm512_set1_epi32(load_quad(s.p1 + j * pstride + 4 * b)));
+        a2[j] = _mm512_dpbusd_epi32(a2[j], e, _mm512_set1_epi32(load_quad(s.p2 + j * pstride + 4 * b)));
       }
     }
-    const int32_t l = _mm512_reduce_add_epi32(al);
+    _mm512_store_si512(l, al);
     for (int j = 0; j < R; ++j) {
-      screen_bounds(s, j, v, _mm512_reduce_add_epi32(a1[j]) - 128 * s.sum1[j],
-                    _mm512_reduce_add_epi32(a2[j]) - 128 * s.sum2[j], l);
+      _mm512_store_si512(i1[j], a1[j]);
+      _mm512_store_si512(i2[j], a2[j]);
+    }
+    const int64_t rows = std::min<int64_t>(kScreenGroup, s.v - g * kScreenGroup);
+    for (int j = 0; j < R; ++j) {
+      for (int64_t r = 0; r < rows; ++r) {
+        screen_bounds(s, j, g * kScreenGroup + r, i1[j][r] - 128 * s.sum1[j], i2[j][r] - 128 * s.sum2[j], l[r]);
+      }
     }
   }
 }
 
-void screen_avx512(const Screen& s, int64_t v_begin, int64_t v_end) {
+void screen_avx512(const Screen& s, int64_t g_begin, int64_t g_end) {
   switch (s.rows) {
-    case 1: return screen_avx512_rows<1>(s, v_begin, v_end);
-    case 2: return screen_avx512_rows<2>(s, v_begin, v_end);
-    case 3: return screen_avx512_rows<3>(s, v_begin, v_end);
-    case 4: return screen_avx512_rows<4>(s, v_begin, v_end);
-    case 5: return screen_avx512_rows<5>(s, v_begin, v_end);
-    case 6: return screen_avx512_rows<6>(s, v_begin, v_end);
-    case 7: return screen_avx512_rows<7>(s, v_begin, v_end);
-    default: return screen_avx512_rows<8>(s, v_begin, v_end);
+    case 1: return screen_avx512_rows<1>(s, g_begin, g_end);
+    case 2: return screen_avx512_rows<2>(s, g_begin, g_end);
+    case 3: return screen_avx512_rows<3>(s, g_begin, g_end);
+    case 4: return screen_avx512_rows<4>(s, g_begin, g_end);
+    case 5: return screen_avx512_rows<5>(s, g_begin, g_end);
+    case 6: return screen_avx512_rows<6>(s, g_begin, g_end);
+    case 7: return screen_avx512_rows<7>(s, g_begin, g_end);
+    default: return screen_avx512_rows<8>(s, g_begin, g_end);
   }
 }
 #endif
@@ -515,11 +532,13 @@ ffi::Error HeadGreedyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::An
   const auto td = table.dimensions();
   if (ffi::Error e = check_dims("bitnet_head_greedy_cpu", x.dimensions(), td); e.failure()) return e;
   const auto cd = codes.dimensions();
-  if (cd.size() != 2 || cd[0] != td[0] || cd[1] != td[1] || scales.dimensions().size() != 1 ||
-      scales.dimensions()[0] != td[0]) {
-    return ffi::Error::InvalidArgument("bitnet_head_greedy_cpu: expected codes [V, D] and scales [V] like the table");
-  }
   const int64_t m_rows = x.dimensions()[0], v_rows = td[0], d = td[1];
+  const int64_t groups = (v_rows + kScreenGroup - 1) / kScreenGroup, kq = (d + 3) / 4;
+  if (cd.size() != 2 || cd[0] != groups || cd[1] != kq * 64 || scales.dimensions().size() != 1 ||
+      scales.dimensions()[0] != v_rows) {
+    return ffi::Error::InvalidArgument(
+        "bitnet_head_greedy_cpu: expected screen codes [ceil(V/16), ceil(D/4)*64] (group16 layout) and scales [V]");
+  }
   if (v_rows == 0) return ffi::Error::InvalidArgument("bitnet_head_greedy_cpu: the table has no rows");
   const bool bf16 = table.element_type() == ffi::DataType::BF16;
   if (!bf16 && table.element_type() != ffi::DataType::F32) {
@@ -538,13 +557,28 @@ ffi::Error HeadGreedyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::An
   if (level == kAvx2) row_fn = bf16 ? &FloatAvx2<uint16_t>::tile<1, 1> : &FloatAvx2<float>::tile<1, 1>;
 #endif
   const int64_t threads = thread_count(pool);
-  std::vector<double> lo(static_cast<size_t>(kScreenRows * v_rows)), hi(lo.size());
-  std::vector<float> exact(static_cast<size_t>(v_rows));
-  std::vector<int8_t> p1(static_cast<size_t>(kScreenRows * d)), p2(p1.size());
-  std::vector<float> resid(static_cast<size_t>(d));
+  // Scratch kept between calls by the calling thread (every element read is written first in the call):
+  // the bounds alone are 16 bytes per table row and row of x, and fresh zeroed buffers of that size
+  // cost page faults on every decoded token.
+  struct Scratch {
+    std::vector<double> lo, hi;
+    std::vector<float> exact, resid;
+    std::vector<int8_t> p1, p2;
+  };
+  thread_local Scratch scratch;
+  const int64_t pass_rows = std::min<int64_t>(kScreenRows, m_rows), pstride = 4 * kq;
+  const auto at_least = [](auto& buf, int64_t n) {
+    if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+    return buf.data();
+  };
+  double* lo = at_least(scratch.lo, pass_rows * v_rows);
+  double* hi = at_least(scratch.hi, pass_rows * v_rows);
+  float* exact = at_least(scratch.exact, v_rows);
+  float* resid = at_least(scratch.resid, d);
+  int8_t* p1 = at_least(scratch.p1, pass_rows * pstride);
+  int8_t* p2 = at_least(scratch.p2, pass_rows * pstride);
   for (int64_t m0 = 0; m0 < m_rows; m0 += kScreenRows) {
-    Screen s{codes.typed_data(), scales.typed_data(), v_rows, d, 0, p1.data(), p2.data(), {}, {}, {}, {}, {}, {},
-             lo.data(), hi.data()};
+    Screen s{codes.typed_data(), scales.typed_data(), v_rows, d, kq, 0, p1, p2, {}, {}, {}, {}, {}, {}, lo, hi};
     bool screened[kScreenRows] = {};
     const int rows = static_cast<int>(std::min<int64_t>(kScreenRows, m_rows - m0));
     for (int j = 0; j < rows; ++j) {  // the two int8 levels of each row of x; non-finite or zero rows go in full
@@ -564,37 +598,39 @@ ffi::Error HeadGreedyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::An
       float rmax = 0.f;
       for (int64_t k = 0; k < d; ++k) {
         const float c = std::min(127.f, std::max(-127.f, std::nearbyint(h[k] / t1)));
-        p1[r * d + k] = static_cast<int8_t>(c);
-        s.sum1[r] += p1[r * d + k];
+        p1[r * pstride + k] = static_cast<int8_t>(c);
+        s.sum1[r] += p1[r * pstride + k];
         resid[k] = static_cast<float>(static_cast<double>(h[k]) - s.t1[r] * c);
         rmax = std::max(rmax, std::abs(resid[k]));
       }
       s.t2[r] = rmax / 127.0;
       for (int64_t k = 0; k < d; ++k) {
         const float c = rmax > 0.f ? std::min(127.f, std::max(-127.f, std::nearbyint(static_cast<float>(resid[k] / s.t2[r])))) : 0.f;
-        p2[r * d + k] = static_cast<int8_t>(c);
-        s.sum2[r] += p2[r * d + k];
+        p2[r * pstride + k] = static_cast<int8_t>(c);
+        s.sum2[r] += p2[r * pstride + k];
       }
+      std::fill(p1 + r * pstride + d, p1 + (r + 1) * pstride, int8_t{0});  // the last quad's padding
+      std::fill(p2 + r * pstride + d, p2 + (r + 1) * pstride, int8_t{0});
       // |h - t1 p1 - t2 p2| per element: half a level of t2, plus the rounding of the residual
       s.delta[r] = 0.5 * s.t2[r] * (1.0 + 0x1p-20) + 0x1p-22 * amax;
       ++s.rows;
     }
     if (s.rows > 0) {
-      const int64_t per = chunk_size(v_rows, threads, 1024, 1);
-      const int64_t chunks = (v_rows + per - 1) / per;
-      parallel_chunks(pool, chunks, threads, [&s, per, v_rows, screen_fn](int64_t c) {
-        screen_fn(s, c * per, std::min(v_rows, (c + 1) * per));
+      const int64_t per = chunk_size(groups, threads, 64, 1);
+      const int64_t chunks = (groups + per - 1) / per;
+      parallel_chunks(pool, chunks, threads, [&s, per, groups, screen_fn](int64_t c) {
+        screen_fn(s, c * per, std::min(groups, (c + 1) * per));
       });
     }
     for (int j = 0, r = 0; j < rows; ++j) {
       const int64_t m = m0 + j;
-      const HeadProblem row{x.typed_data() + m * d, table.untyped_data(), exact.data(), 1, v_rows, d};
+      const HeadProblem row{x.typed_data() + m * d, table.untyped_data(), exact, 1, v_rows, d};
       int64_t count = v_rows;
       int32_t best = 0;
       bool full = !screened[j];
       if (screened[j]) {
-        const double* row_lo = lo.data() + r * v_rows;
-        const double* row_hi = hi.data() + r * v_rows;
+        const double* row_lo = lo + r * v_rows;
+        const double* row_hi = hi + r * v_rows;
         ++r;
         double threshold = -INFINITY;
         bool finite = true;
@@ -627,7 +663,7 @@ ffi::Error HeadGreedyImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::An
         parallel_chunks(pool, chunks, threads, [&row, per, v_rows, row_fn](int64_t c) {
           for (int64_t v = c * per; v < std::min(v_rows, (c + 1) * per); ++v) row_fn(row, v, 0, nullptr);
         });
-        best = first_max(exact.data(), v_rows);
+        best = first_max(exact, v_rows);
         count = v_rows;
       }
       tokens->typed_data()[m] = best;

@@ -63,6 +63,10 @@ class Kernel:
     # (x, table, codes, scales) -> (argmax tokens, rows recomputed): the exact head's greedy choice read
     # through an int8 screen of the table; None where the kernel has none
     head_greedy_fn: Callable[..., tuple[jax.Array, jax.Array]] | None = None
+    # the screen's layout for head_greedy_fn: (vocab, hidden) -> codes shape, and the packing of row-major
+    # int8 codes (codes, out, row0) -> out (cpu.screen_shape / cpu.pack_screen)
+    screen_shape_fn: Callable[[int, int], tuple[int, int]] | None = None
+    pack_screen_fn: Callable[..., Any] | None = None
     head_screen_pays_fn: Callable[[], bool] | None = None  # whether head_greedy beats the float head here
     interpret: bool = False  # Pallas kernels run interpreted on CPU
     transparent: bool = False  # plain XLA ops: XLA's partitioner can split it without shard_map
@@ -131,6 +135,19 @@ class Kernel:
     def head_screen_pays(self) -> bool:
         """Whether greedy decoding is faster through :meth:`head_greedy` than through the float head."""
         return self.head_greedy_fn is not None and self.head_screen_pays_fn is not None and self.head_screen_pays_fn()
+
+    def screen_shape(self, vocab: int, hidden: int) -> tuple[int, int]:
+        """The shape of the head screen's codes for a ``[vocab, hidden]`` table in this kernel's layout."""
+        if self.screen_shape_fn is None:
+            raise KernelError(f"kernel {self.name!r} has no screened greedy head")
+        return self.screen_shape_fn(vocab, hidden)
+
+    def pack_screen(self, codes: Any, out: Any = None, row0: int = 0) -> Any:
+        """Row-major int8 screen codes ``[V, D]`` in this kernel's screen layout (into rows ``row0 ..`` of
+        ``out`` when given: a large table packs a chunk of rows at a time)."""
+        if self.pack_screen_fn is None:
+            raise KernelError(f"kernel {self.name!r} has no screened greedy head")
+        return self.pack_screen_fn(codes, out, row0)
 
     def head_greedy(self, x: jax.Array, table: jax.Array, codes: jax.Array, scales: jax.Array) -> jax.Array:
         """``argmax(head_float(x, table), -1)`` (int32 ``[M]``) read through the table's int8 screen."""
@@ -246,7 +263,8 @@ def _make_kernel(name: str, interpret: bool, guard: bool = True) -> Kernel:
 
         cpu.require()
         return Kernel("cpu", layouts.TILE16, cpu.ternary_matmul, cpu.ternary_matmul_stacked, cpu.head_float, cpu.head_int8,
-                      head_greedy_fn=cpu.head_greedy, head_screen_pays_fn=cpu.head_screen_pays)
+                      head_greedy_fn=cpu.head_greedy, head_screen_pays_fn=cpu.head_screen_pays,
+                      screen_shape_fn=cpu.screen_shape, pack_screen_fn=cpu.pack_screen)
     return _pallas_kernel(name, interpret, guard)
 
 

@@ -28,7 +28,7 @@ GGUF_MAGIC = b"GGUF"
 PACKED_CACHE_ENV = "BITNET_JAX_PACKED_CACHE"  # a directory, or "0" / "off" to disable the cache
 PACKED_CACHE_MIN_BYTES = 256 << 20
 """Checkpoints at least this large are cached by default (smaller ones decode in well under a second)."""
-PACKED_CACHE_FORMAT = 1
+PACKED_CACHE_FORMAT = 2  # 2: the head screen in the CPU kernel's group16 layout
 ADOPT_BYTES = 1 << 20  # host leaves at least this large are adopted by the CPU device (no copy)
 SCAN_MIN_LAYERS = 2
 """``scan_layers=None`` scans models of at least this many layers when the kernel reads a stacked layer in

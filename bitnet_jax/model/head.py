@@ -120,7 +120,13 @@ def with_head_screen(model: BitNetModel) -> BitNetModel:
     if SCREEN_NAMES[0] in model.params:
         return model
     name, _ = table_names(model.config.tie_word_embeddings)
-    codes, scale = screen_table(model.params[name])
+    kernel, table = model.form.kernel, np.asarray(model.params[name])
+    vocab = table.shape[0]
+    codes = aligned_empty(kernel.screen_shape(*table.shape), np.int8)  # the CPU device adopts it without a copy
+    scale = np.empty(vocab, np.float32)
+    for start in range(0, vocab, QUANTIZE_ROWS):  # a chunk at a time: no row-major copy of the whole table
+        chunk_codes, scale[start : start + QUANTIZE_ROWS] = screen_table(table[start : start + QUANTIZE_ROWS])
+        kernel.pack_screen(chunk_codes, codes, start)
     params = dict(model.params)
     params[SCREEN_NAMES[0]] = jax.device_put(codes).block_until_ready()
     params[SCREEN_NAMES[1]] = jnp.asarray(scale)

@@ -123,22 +123,58 @@ def head_int8(x: jax.Array, table: jax.Array) -> jax.Array:
     return jax.ffi.ffi_call(HEAD_INT8_TARGET, out, vmap_method="sequential")(x, table)
 
 
+SCREEN_GROUP = 16  # table rows per group of the head screen's layout
+
+
+def screen_shape(vocab: int, hidden: int) -> tuple[int, int]:
+    """The shape of a ``[vocab, hidden]`` table's screen codes in :func:`pack_screen`'s layout."""
+    return -(-vocab // SCREEN_GROUP), -(-hidden // 4) * 64
+
+
+def pack_screen(codes: np.ndarray, out: np.ndarray | None = None, row0: int = 0) -> np.ndarray:
+    """Int8 screen codes ``[V, D]`` (row-major) in the layout :func:`head_greedy` reads ("group16").
+
+    Table rows go in groups of 16; a group is ``ceil(D / 4)`` blocks of 64 bytes, and byte ``4 r + t``
+    of block ``b`` is ``codes[16 g + r, 4 b + t]`` (zero past the last row and column): one block load
+    serves 16 rows' dot products in 16 lanes. With ``out`` (of :func:`screen_shape` for the whole table),
+    the rows are written as rows ``row0 ..`` of it (``row0`` a multiple of 16), so a large table can be
+    packed a chunk of rows at a time.
+    """
+    codes = np.asarray(codes, np.int8)
+    rows, hidden = codes.shape
+    if row0 % SCREEN_GROUP:
+        raise KernelError(f"pack_screen: row0 must be a multiple of {SCREEN_GROUP}, got {row0}")
+    groups, width = screen_shape(rows, hidden)
+    if out is None:
+        out = np.empty((groups, width), np.int8)
+    g0 = row0 // SCREEN_GROUP
+    if out.dtype != np.int8 or out.ndim != 2 or out.shape[1] != width or g0 + groups > out.shape[0]:
+        raise KernelError(f"pack_screen: out {out.dtype} {out.shape} cannot hold {rows} rows of width {hidden} "
+                          f"from row {row0}")
+    padded = np.zeros((groups * SCREEN_GROUP, width // 16), np.int8)
+    padded[:rows, :hidden] = codes
+    out[g0 : g0 + groups] = padded.reshape(groups, SCREEN_GROUP, width // 64, 4).transpose(0, 2, 1, 3).reshape(
+        groups, width)
+    return out
+
+
 def head_greedy(x: jax.Array, table: jax.Array, codes: jax.Array, scales: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``argmax(head_float(x, table), -1)`` for float ``x [M, D]``, screened through the table's int8 copy.
 
-    ``codes int8 [V, D]`` and ``scales float32 [V]`` are the table quantized per row (``codes * scales``
-    within half a step of each value, a zero row with scale 0: :func:`bitnet_jax.model.head.screen_table`);
-    rigorous bounds on the int8 estimate leave few rows to recompute from ``table``, each exactly as
-    :func:`head_float` computes it, so the result is that argmax (first maximum on ties). Returns
-    ``(tokens int32 [M], rows recomputed int32 [M])``.
+    ``codes`` (int8, :func:`pack_screen`'s layout, :func:`screen_shape`) and ``scales float32 [V]`` are
+    the table quantized per row (``codes * scales`` within half a step of each value, a zero row with
+    scale 0: :func:`bitnet_jax.model.head.screen_table`); rigorous bounds on the int8 estimate leave few
+    rows to recompute from ``table``, each exactly as :func:`head_float` computes it, so the result is
+    that argmax (first maximum on ties). Returns ``(tokens int32 [M], rows recomputed int32 [M])``.
     """
     require()
     x = x.astype(jnp.float32)
     _check_head(x, table, (jnp.float32,), (jnp.bfloat16, jnp.float32), "head_greedy")
-    if codes.dtype != jnp.int8 or codes.shape != table.shape or scales.dtype != jnp.float32 or \
+    want = screen_shape(*table.shape)
+    if codes.dtype != jnp.int8 or codes.shape != want or scales.dtype != jnp.float32 or \
             scales.shape != table.shape[:1]:
-        raise KernelError(f"head_greedy expects int8 codes {table.shape} and float32 scales {table.shape[:1]}, "
-                          f"got {codes.dtype} {codes.shape} and {scales.dtype} {scales.shape}")
+        raise KernelError(f"head_greedy expects int8 screen codes {want} (pack_screen) and float32 scales "
+                          f"{table.shape[:1]}, got {codes.dtype} {codes.shape} and {scales.dtype} {scales.shape}")
     out = (jax.ShapeDtypeStruct((x.shape[0],), jnp.int32), jax.ShapeDtypeStruct((x.shape[0],), jnp.int32))
     return jax.ffi.ffi_call(HEAD_GREEDY_TARGET, out, vmap_method="sequential")(x, table, codes, scales)
 
@@ -153,6 +189,8 @@ __all__ = [
     "AVAILABLE",
     "head_screen_pays",
     "head_float",
+    "pack_screen",
+    "screen_shape",
     "head_greedy",
     "head_int8",
     "isa",

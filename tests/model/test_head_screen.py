@@ -25,7 +25,7 @@ def isa(request):
 
 def _screen(table):
     codes, scales = head_lib.screen_table(np.asarray(table))
-    return jnp.asarray(codes), jnp.asarray(scales)
+    return jnp.asarray(cpu.pack_screen(codes)), jnp.asarray(scales)
 
 
 def _greedy(x, table):
@@ -68,8 +68,8 @@ def test_near_ties_the_screen_cannot_see_are_decided_exactly(isa):
     bits[small] += 1  # one bfloat16 step up in magnitude (sign-magnitude bits) at the smallest value
     above = jnp.asarray(bits.view(jnp.bfloat16))
     table = jnp.concatenate([jnp.asarray(rows).astype(jnp.bfloat16), bumped[None], above[None], bumped[None]])
-    codes, _ = _screen(table)
-    assert (np.asarray(codes)[64] == np.asarray(codes)[65]).all()  # the screen alone cannot order them
+    codes, _ = head_lib.screen_table(np.asarray(table))
+    assert (codes[64] == codes[65]).all()  # the screen alone cannot order them
     tokens, rescored = _greedy(x, table)
     np.testing.assert_array_equal(tokens, _exact_argmax(x, table))
     assert (rescored >= 3).all() and (tokens != 66).all()  # all three recomputed; the first of a tie wins
@@ -102,9 +102,32 @@ def test_head_greedy_checks_its_operands():
     table = jnp.zeros((10, 64), jnp.bfloat16)
     codes, scales = _screen(table)
     with pytest.raises(KernelError, match="head_greedy"):
-        cpu.head_greedy(jnp.zeros((1, 64)), table, codes[:5], scales)
+        cpu.head_greedy(jnp.zeros((1, 64)), table, codes[:, :64], scales)
+    with pytest.raises(KernelError, match="pack_screen"):  # row-major codes: not the layout the kernel reads
+        cpu.head_greedy(jnp.zeros((1, 64)), table, jnp.zeros((10, 64), jnp.int8), scales)
     with pytest.raises(KernelError, match="head_greedy"):
         cpu.head_greedy(jnp.zeros((1, 64)), table, codes.astype(jnp.int32), scales)
+
+
+def test_screen_layout_definition():
+    """Byte 4 r + t of block b of group g is codes[16 g + r, 4 b + t]; zero past the last row and column,
+    and a table packed a chunk of rows at a time is the same."""
+    rng = np.random.default_rng(11)
+    codes = rng.integers(-127, 128, (37, 10), dtype=np.int8)
+    packed = cpu.pack_screen(codes)
+    assert packed.shape == cpu.screen_shape(37, 10) == (3, 3 * 64)
+    for g in range(3):
+        for b in range(3):
+            for r in range(16):
+                for t in range(4):
+                    v, k = 16 * g + r, 4 * b + t
+                    assert packed[g, 64 * b + 4 * r + t] == (codes[v, k] if v < 37 and k < 10 else 0), (g, b, r, t)
+    out = np.full(cpu.screen_shape(37, 10), 99, np.int8)
+    cpu.pack_screen(codes[:32], out, 0)
+    cpu.pack_screen(codes[32:], out, 32)
+    np.testing.assert_array_equal(out, packed)
+    with pytest.raises(KernelError, match="row0"):
+        cpu.pack_screen(codes[8:], out, 8)
 
 
 def test_screen_table_definition():
