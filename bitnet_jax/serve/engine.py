@@ -38,6 +38,7 @@ from bitnet_jax.inference.generate import MIN_PROMPT_BUCKET, _check_ids, _module
 from bitnet_jax.inference.sampling import SamplingParams, filter_logits
 from pallas_kernels.attention import MIN_FUSED_T
 from bitnet_jax.model import BitNetModel, Transformer, init_cache
+from bitnet_jax.model import head as head_lib
 
 PREFILL_BATCH = 4  # prompts of one bucket prefilled together, at most (Engine's default)
 PREFILL_TOKENS = 512  # rows x bucket of a batched prefill, at most (a longer prompt is prefilled alone)
@@ -73,6 +74,28 @@ def _sample_slots(logits, keys, temperature, top_k, top_p, greedy):
     return jnp.where(greedy, best, drawn)
 
 
+def _next_tokens(params, module: Transformer, args: tuple, keys, temperature, top_k, top_p, greedy):
+    """The model on ``args`` and one token per row (``_sample_slots``' rule): ``(tokens [S], cache)``.
+
+    With a head screen (an exact head whose int8 screen is in ``params``), a step whose rows are all greedy
+    takes the exact head's argmax through it (:func:`head_lib.greedy_tokens`, the same tokens) instead of
+    computing every logit; a step with a sampled row computes the logits from the same hidden states."""
+    if module.form.head != "exact" or head_lib.SCREEN_NAMES[0] not in params:
+        logits, cache = module.apply({"params": params}, *args)
+        return _sample_slots(logits[:, -1, :], keys, temperature, top_k, top_p, greedy), cache
+    x, cache = module.apply({"params": params}, *args, hidden=True)
+    h, tie, kernel = x[:, -1, :], module.config.tie_word_embeddings, module.form.kernel
+
+    def screened():
+        return head_lib.greedy_tokens(h, params, tie, kernel)
+
+    def from_logits():
+        logits = head_lib.project(h, params[head_lib.table_names(tie)[0]], None, kernel)
+        return _sample_slots(logits, keys, temperature, top_k, top_p, greedy)
+
+    return jax.lax.cond(jnp.all(greedy), screened, from_logits), cache
+
+
 @functools.partial(jax.jit, static_argnames=("module", "rows"), donate_argnames=("cache", "keys"))
 def _decode_slots(params, cache, keys, tokens, positions, temperature, top_k, top_p, greedy, steps,
                   module: Transformer, rows: int):
@@ -87,9 +110,9 @@ def _decode_slots(params, cache, keys, tokens, positions, temperature, top_k, to
     """
     def step(i, carry):
         token, cache, keys, out = carry
-        logits, cache = module.apply({"params": params}, token[:, None], (positions + i)[:, None], cache)
         pairs = jax.vmap(jax.random.split)(keys[:rows])  # [rows, 2, 2]: (carry, draw) as bj.generate splits
-        token = _sample_slots(logits[:, -1, :], pairs[:, 1], temperature, top_k, top_p, greedy)
+        token, cache = _next_tokens(params, module, (token[:, None], (positions + i)[:, None], cache), pairs[:, 1],
+                                    temperature, top_k, top_p, greedy)
         return token, cache, keys.at[:rows].set(pairs[:, 0]), out.at[i].set(token)
 
     out = jnp.zeros((BURST_STEPS, rows), jnp.int32)
@@ -107,9 +130,9 @@ def _prefill_slots(params, cache, keys, slots, tokens, lengths, seed_keys, tempe
     """
     n, size = tokens.shape
     local = init_cache(module.config, n, size, stacked=module.form.scan_layers)
-    logits, local = module.apply({"params": params}, tokens, None, local, lengths - 1)
     pairs = jax.vmap(jax.random.split)(seed_keys)  # [n, 2, 2]: (carry, draw) as bj.generate splits its key
-    token = _sample_slots(logits[:, -1, :], pairs[:, 1], temperature, top_k, top_p, greedy)
+    token, local = _next_tokens(params, module, (tokens, None, local, lengths - 1), pairs[:, 1], temperature, top_k,
+                                top_p, greedy)
 
     def put(big, small):  # big [(L,) S, C, ...], small [(L,) n, P, ...]: one in-place write per row
         lead = big.ndim - 4

@@ -197,3 +197,31 @@ def test_a_decode_step_of_few_slots_does_not_copy_the_cache(model, scan_layers):
         model.params, e._cache, e._keys, e._tokens[:1], e._positions[:1], e._temperature[:1], e._top_k[:1],
         e._top_p[:1], e._greedy[:1], np.int32(1), module=e._module, rows=1).compile()
     assert compiled.memory_analysis().temp_size_in_bytes < cache_bytes / 8
+
+
+def test_a_screened_model_serves_greedy_rows_through_its_screen(references):
+    """With a head screen, a step whose rows are all greedy takes the exact head's argmax through the screen
+    (the compiled step calls it): the same tokens as bj.generate, and a sampled row beside a greedy one
+    keeps bj.generate's sampled tokens (that step computes the logits)."""
+    from pallas_kernels import cpu
+
+    from bitnet_jax.model import head as head_lib
+    from bitnet_jax.serve import engine as engine_lib
+
+    if not cpu.AVAILABLE:
+        pytest.skip("the CPU kernel extension is not built: no screened head")
+    screened = bj.from_pretrained(bj.DEFAULT_MODEL, head_screen=True)
+    assert head_lib.SCREEN_NAMES[0] in screened.params
+    kw = dict(temperature=0.8, top_k=40, top_p=0.9, seed=7)
+    ids = _ids(screened, PROMPTS[0])
+    sampled_ref = bj.generate(screened, [ids], max_new_tokens=REF_TOKENS, **kw)[0].tolist()
+    with Engine(screened, slots=2, context=48) as e:
+        for p in PROMPTS[:3]:
+            assert e.generate([_ids(screened, p)], max_tokens=REF_TOKENS)[0].tolist() == references[p], p
+        greedy = e.submit(_ids(screened, PROMPTS[1]), max_tokens=REF_TOKENS)
+        assert e.submit(ids, max_tokens=REF_TOKENS, **kw).wait(120) == sampled_ref
+        assert greedy.wait(120) == references[PROMPTS[1]]
+        text = engine_lib._decode_slots.lower(
+            screened.params, e._cache, e._keys, e._tokens[:1], e._positions[:1], e._temperature[:1], e._top_k[:1],
+            e._top_p[:1], e._greedy[:1], np.int32(1), module=e._module, rows=1).as_text()
+    assert cpu.HEAD_GREEDY_TARGET in text and cpu.HEAD_FLOAT_TARGET in text  # the screen, and logits when sampled
