@@ -82,11 +82,10 @@ class SamplerState:
 def _apply(params, module: Transformer, sampling: SamplingParams, *args):
     """The model on ``args``: ``(logits or None, greedy tokens or None, cache)``. Greedy decoding of a model
     with a head screen takes the exact head's argmax through it (:func:`head_lib.greedy_tokens`)."""
-    if sampling.greedy and module.form.head == "exact" and head_lib.SCREEN_NAMES[0] in params:
+    if sampling.greedy and head_lib.has_screen(params, module.form):
         x, cache = module.apply({"params": params}, *args, hidden=True)
-        tokens = head_lib.greedy_tokens(x[:, -1, :], params, module.config.tie_word_embeddings, module.form.kernel)
-        if tokens is not None:
-            return None, tokens, cache
+        return None, head_lib.greedy_tokens(x[:, -1, :], params, module.config.tie_word_embeddings,
+                                            module.form.kernel), cache
     logits, cache = module.apply({"params": params}, *args)
     return logits, None, cache
 

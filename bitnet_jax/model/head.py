@@ -142,11 +142,17 @@ def row_read_tables(params: dict, tie_word_embeddings: bool) -> tuple[str, ...]:
     return tuple(n for n in dict.fromkeys(names) if n in params)
 
 
-def greedy_tokens(x: jax.Array, params: dict, tie_word_embeddings: bool, kernel: Kernel) -> jax.Array | None:
-    """The exact head's argmax token ids ``[B]`` for hidden states ``x [B, D]`` through the head screen, or
-    None when ``params`` has no screen (the caller takes the logits instead)."""
-    if SCREEN_NAMES[0] not in params or kernel.head_greedy_fn is None:
-        return None
+def has_screen(params: dict, form: Any) -> bool:
+    """Whether greedy decoding of a model of ``form`` (a :class:`~bitnet_jax.model.Form`) with ``params`` goes
+    through the head screen (:func:`greedy_tokens`): an exact head, its screen in ``params``, a kernel that
+    reads it."""
+    kernel = form.kernel
+    return form.head == "exact" and SCREEN_NAMES[0] in params and kernel is not None and kernel.head_greedy_fn is not None
+
+
+def greedy_tokens(x: jax.Array, params: dict, tie_word_embeddings: bool, kernel: Kernel) -> jax.Array:
+    """The exact head's argmax token ids ``[B]`` for hidden states ``x [B, D]`` through the head screen
+    (for a model :func:`has_screen` accepts)."""
     table = params[table_names(tie_word_embeddings)[0]]
     return kernel.head_greedy(x, table, params[SCREEN_NAMES[0]], params[SCREEN_NAMES[1]])
 

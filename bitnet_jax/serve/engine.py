@@ -80,7 +80,7 @@ def _next_tokens(params, module: Transformer, args: tuple, keys, temperature, to
     With a head screen (an exact head whose int8 screen is in ``params``), a step whose rows are all greedy
     takes the exact head's argmax through it (:func:`head_lib.greedy_tokens`, the same tokens) instead of
     computing every logit; a step with a sampled row computes the logits from the same hidden states."""
-    if module.form.head != "exact" or head_lib.SCREEN_NAMES[0] not in params:
+    if not head_lib.has_screen(params, module.form):
         logits, cache = module.apply({"params": params}, *args)
         return _sample_slots(logits[:, -1, :], keys, temperature, top_k, top_p, greedy), cache
     x, cache = module.apply({"params": params}, *args, hidden=True)
